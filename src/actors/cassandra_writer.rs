@@ -1,0 +1,191 @@
+//! CassandraWriter: stores a batch's valid orders in Cassandra, dead-letters its invalid
+//! records, then hands the batch to the MysqlAggregator.
+//!
+//! Several batches may be written at once; one semaphore bounds the inserts in flight across
+//! all of them. Inserts are idempotent upserts, retried with backoff while the store is down or
+//! slow (never skipped). A row the store refuses for its data is turned into a dead letter
+//! (DESIGN rule 10) instead of blocking the partition forever.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use backoff::ExponentialBackoff;
+use futures::StreamExt;
+use metrics::counter;
+use tokio::sync::Semaphore;
+
+use crate::actors::dead_letters::{DeadLetter, DeadLetters, PublishDeadLetters};
+use crate::actors::mysql_aggregator::{BatchWritten, MysqlAggregator};
+use crate::actors::{ActorFailed, Halt};
+use crate::batch::{Batch, Content};
+use crate::cassandra::{CassandraError, CassandraStore};
+use crate::order::{Reason, Rejection};
+use crate::telemetry;
+
+/// Write this batch.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WriteBatch(pub Batch);
+
+pub struct CassandraWriter {
+    store: Arc<CassandraStore>,
+    permits: Arc<Semaphore>,
+    concurrency: usize,
+    aggregator: Addr<MysqlAggregator>,
+    dead_letters: Addr<DeadLetters>,
+    supervisor: Recipient<ActorFailed>,
+    backoff: ExponentialBackoff,
+}
+
+impl CassandraWriter {
+    pub fn new(
+        store: Arc<CassandraStore>,
+        concurrency: usize,
+        aggregator: Addr<MysqlAggregator>,
+        dead_letters: Addr<DeadLetters>,
+        supervisor: Recipient<ActorFailed>,
+        backoff: ExponentialBackoff,
+    ) -> Self {
+        Self {
+            store,
+            permits: Arc::new(Semaphore::new(concurrency)),
+            concurrency,
+            aggregator,
+            dead_letters,
+            supervisor,
+            backoff,
+        }
+    }
+}
+
+impl Actor for CassandraWriter {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(64);
+        telemetry::actor_up("cassandra_writer", true);
+    }
+    fn stopped(&mut self, _: &mut Self::Context) {
+        telemetry::actor_up("cassandra_writer", false);
+    }
+}
+
+impl Handler<Halt> for CassandraWriter {
+    type Result = ();
+    fn handle(&mut self, _: Halt, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// Inserts one order, retrying everything but a rejection of the data itself.
+async fn insert_with_retry(
+    store: &CassandraStore,
+    order: &crate::order::Order,
+    backoff: ExponentialBackoff,
+) -> Result<(), CassandraError> {
+    backoff::future::retry(backoff, || async {
+        store.insert(order).await.map_err(|e| {
+            if e.is_rejection() {
+                backoff::Error::permanent(e)
+            } else {
+                counter!(telemetry::CASSANDRA_RETRIES).increment(1);
+                tracing::debug!(error = %e, "cassandra insert failed, retrying");
+                backoff::Error::transient(e)
+            }
+        })
+    })
+    .await
+}
+
+impl Handler<WriteBatch> for CassandraWriter {
+    type Result = ();
+
+    fn handle(&mut self, WriteBatch(mut batch): WriteBatch, ctx: &mut Self::Context) {
+        let store = self.store.clone();
+        let permits = self.permits.clone();
+        let concurrency = self.concurrency;
+        let aggregator = self.aggregator.clone();
+        let dead_letters = self.dead_letters.clone();
+        let backoff = self.backoff.clone();
+        let work = async move {
+            let started = Instant::now();
+            let outcomes: Vec<(usize, Result<(), CassandraError>)> = futures::stream::iter(
+                batch
+                    .records
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| r.order().map(|o| (i, o))),
+            )
+            .map(|(i, order)| {
+                let store = store.clone();
+                let permits = permits.clone();
+                let backoff = backoff.clone();
+                async move {
+                    // The semaphore is never closed, so acquire cannot fail.
+                    let _permit = permits.acquire().await;
+                    (i, insert_with_retry(&store, order, backoff).await)
+                }
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+            let mut written = 0u64;
+            for (i, outcome) in outcomes {
+                match outcome {
+                    Ok(()) => written += 1,
+                    Err(e) => {
+                        // Refused for its data: from now on it is a dead letter, not an order.
+                        let payload = batch.records[i]
+                            .order()
+                            .map(|o| o.to_json())
+                            .unwrap_or_default();
+                        batch.records[i].content = Content::Invalid {
+                            rejection: Rejection {
+                                reason: Reason::StoreRejected,
+                                detail: e.to_string(),
+                            },
+                            payload,
+                        };
+                    }
+                }
+            }
+            counter!(telemetry::CASSANDRA_ROWS).increment(written);
+            telemetry::seconds(telemetry::CASSANDRA_LATENCY, started.elapsed());
+
+            let letters: Vec<DeadLetter> = batch
+                .records
+                .iter()
+                .filter_map(|r| match &r.content {
+                    Content::Invalid { rejection, payload } => Some(DeadLetter {
+                        partition: r.partition,
+                        offset: r.offset,
+                        reason: rejection.reason,
+                        detail: rejection.detail.clone(),
+                        payload: payload.clone(),
+                    }),
+                    Content::Valid(_) => None,
+                })
+                .collect();
+            if !letters.is_empty() {
+                dead_letters
+                    .send(PublishDeadLetters(letters))
+                    .await
+                    .map_err(|e| format!("dead letters: {e}"))?;
+            }
+            aggregator
+                .send(BatchWritten(batch))
+                .await
+                .map_err(|e| format!("mysql aggregator: {e}"))
+        };
+        ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
+            if let Err(error) = result {
+                act.supervisor.do_send(ActorFailed {
+                    actor: "cassandra_writer",
+                    error,
+                    fatal: false,
+                });
+                ctx.stop();
+            }
+        }));
+    }
+}

@@ -1,0 +1,510 @@
+//! KafkaConsumer: the consumer-group member that feeds the pipeline.
+//!
+//! A poll task reads records, decodes and validates them (order.rs) and hands them to the
+//! Batcher. Newly assigned partitions start paused; the actor claims each one in the MySQL
+//! ledger (epoch + 1), seeks to the ledger's position, commits that offset to Kafka as a hint
+//! and resumes it (DESIGN rule 2). Until then, records of the partition are discarded by the
+//! gate. Polling never waits on MySQL, so a slow database cannot get the member evicted; when
+//! too many batches are in flight, every partition is paused and polling goes on.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use backoff::ExponentialBackoff;
+use metrics::{counter, gauge};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::MySqlPool;
+use tokio::sync::mpsc;
+
+use crate::actors::batcher::{Batcher, Ingest};
+use crate::actors::mysql_aggregator::BatchCommitted;
+use crate::actors::{ActorFailed, Flow, Halt};
+use crate::batch::{Content, Record};
+use crate::kafka::{AssignmentChange, LedgerContext};
+use crate::telemetry::{self, Health};
+
+type Client = StreamConsumer<LedgerContext>;
+
+/// Per-partition state shared by the actor and the poll task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartitionState {
+    /// Assigned, claim in progress: records are discarded.
+    Claiming { token: u64 },
+    /// Claimed under `epoch`; records below `next` are stale and discarded.
+    Active { epoch: i64, next: i64 },
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    partitions: HashMap<i32, PartitionState>,
+    /// Paused because too many batches are in flight.
+    backpressure: bool,
+    next_token: u64,
+}
+
+impl Gate {
+    /// The epoch to tag a record with, or None to discard it.
+    fn admit(&mut self, partition: i32, offset: i64) -> Option<i64> {
+        match self.partitions.get_mut(&partition) {
+            Some(PartitionState::Active { epoch, next }) if offset >= *next => {
+                *next = offset + 1;
+                Some(*epoch)
+            }
+            _ => None,
+        }
+    }
+
+    fn active(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = self
+            .partitions
+            .iter()
+            .filter(|(_, s)| matches!(s, PartitionState::Active { .. }))
+            .map(|(p, _)| *p)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+fn lock(gate: &Mutex<Gate>) -> std::sync::MutexGuard<'_, Gate> {
+    // A poisoned gate only means a panic elsewhere; its data is still consistent (plain writes).
+    gate.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn tpl(topic: &str, partitions: &[i32]) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for p in partitions {
+        list.add_partition(topic, *p);
+    }
+    list
+}
+
+/// Settings the consumer needs.
+#[derive(Clone)]
+pub struct ConsumerSettings {
+    pub topic: String,
+    pub owner: String,
+    pub max_record_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+pub struct KafkaConsumer {
+    settings: ConsumerSettings,
+    client: Arc<Client>,
+    gate: Arc<Mutex<Gate>>,
+    pool: MySqlPool,
+    batcher: Addr<Batcher>,
+    flow: Arc<Flow>,
+    health: Arc<Health>,
+    supervisor: Recipient<ActorFailed>,
+    changes: Option<mpsc::Receiver<AssignmentChange>>,
+    stop: Arc<AtomicBool>,
+    backoff: ExponentialBackoff,
+}
+
+impl KafkaConsumer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: ConsumerSettings,
+        client: Client,
+        changes: mpsc::Receiver<AssignmentChange>,
+        pool: MySqlPool,
+        batcher: Addr<Batcher>,
+        flow: Arc<Flow>,
+        health: Arc<Health>,
+        supervisor: Recipient<ActorFailed>,
+        stop: Arc<AtomicBool>,
+        backoff: ExponentialBackoff,
+    ) -> Self {
+        Self {
+            settings,
+            client: Arc::new(client),
+            gate: Arc::default(),
+            pool,
+            batcher,
+            flow,
+            health,
+            supervisor,
+            changes: Some(changes),
+            stop,
+            backoff,
+        }
+    }
+
+    fn fail(&self, ctx: &mut Context<Self>, error: String, fatal: bool) {
+        self.supervisor.do_send(ActorFailed {
+            actor: "consumer",
+            error,
+            fatal,
+        });
+        ctx.stop();
+    }
+
+    /// Claims a partition in the ledger, seeks there and resumes it.
+    fn claim(&mut self, partition: i32, ctx: &mut Context<Self>) {
+        let token = {
+            let mut gate = lock(&self.gate);
+            gate.next_token += 1;
+            let token = gate.next_token;
+            gate.partitions
+                .insert(partition, PartitionState::Claiming { token });
+            token
+        };
+        let client = self.client.clone();
+        let pool = self.pool.clone();
+        let settings = self.settings.clone();
+        let backoff = self.backoff.clone();
+        let work = async move {
+            let (low, high) = {
+                let client = client.clone();
+                let topic = settings.topic.clone();
+                let timeout = settings.request_timeout;
+                backoff::future::retry(backoff.clone(), || {
+                    let client = client.clone();
+                    let topic = topic.clone();
+                    async move {
+                        tokio::task::spawn_blocking(move || {
+                            client.fetch_watermarks(&topic, partition, timeout)
+                        })
+                        .await
+                        .map_err(|e| backoff::Error::permanent(e.to_string()))?
+                        .map_err(|e| backoff::Error::transient(e.to_string()))
+                    }
+                })
+                .await
+                .map_err(|e| (format!("watermarks of partition {partition}: {e}"), false))?
+            };
+            let claim = backoff::future::retry(backoff.clone(), || async {
+                crate::mysql::claim(&pool, &settings.topic, partition, &settings.owner, low)
+                    .await
+                    .map_err(|e| {
+                        if e.is_transient() {
+                            backoff::Error::transient(e)
+                        } else {
+                            backoff::Error::permanent(e)
+                        }
+                    })
+            })
+            .await
+            .map_err(|e| (format!("claiming partition {partition}: {e}"), false))?;
+            #[cfg(feature = "failpoints")]
+            crate::failpoints::hit("after_claim");
+            if claim.next_offset > high {
+                return Err((
+                    format!(
+                        "ledger of {}/{partition} is at offset {} but the log ends at {high}: \
+                     the topic was recreated or truncated; refusing to continue",
+                        settings.topic, claim.next_offset
+                    ),
+                    true,
+                ));
+            }
+            if claim.next_offset < low {
+                return Err((
+                    format!(
+                        "ledger of {}/{partition} is at offset {} but the log starts at {low}: \
+                     records were deleted (retention) before they were applied",
+                        settings.topic, claim.next_offset
+                    ),
+                    true,
+                ));
+            }
+            let seek_client = client.clone();
+            let topic = settings.topic.clone();
+            let timeout = settings.request_timeout;
+            let next = claim.next_offset;
+            tokio::task::spawn_blocking(move || {
+                seek_client.seek(&topic, partition, Offset::Offset(next), timeout)
+            })
+            .await
+            .map_err(|e| (e.to_string(), false))?
+            .map_err(|e| (format!("seek {partition} to {next}: {e}"), false))?;
+            Ok(claim)
+        };
+        ctx.spawn(
+            work.into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(claim) => {
+                        let mut gate = lock(&act.gate);
+                        if gate.partitions.get(&partition)
+                            != Some(&PartitionState::Claiming { token })
+                        {
+                            return; // revoked or re-claimed meanwhile
+                        }
+                        gate.partitions.insert(
+                            partition,
+                            PartitionState::Active {
+                                epoch: claim.epoch,
+                                next: claim.next_offset,
+                            },
+                        );
+                        let resume = !gate.backpressure;
+                        drop(gate);
+                        let list = tpl(&act.settings.topic, &[partition]);
+                        if resume {
+                            if let Err(e) = act.client.resume(&list) {
+                                tracing::warn!(partition, error = %e, "resume failed");
+                            }
+                        }
+                        // A hint for lag tools; the ledger stays the truth.
+                        let mut offsets = TopicPartitionList::new();
+                        let _ = offsets.add_partition_offset(
+                            &act.settings.topic,
+                            partition,
+                            Offset::Offset(claim.next_offset),
+                        );
+                        if act.client.commit(&offsets, CommitMode::Async).is_err() {
+                            counter!(telemetry::CONSUMER_COMMIT_FAILURES).increment(1);
+                        }
+                        tracing::info!(
+                            partition,
+                            epoch = claim.epoch,
+                            next_offset = claim.next_offset,
+                            "partition claimed"
+                        );
+                        act.update_paused_gauge();
+                    }
+                    Err((error, fatal)) => act.fail(ctx, error, fatal),
+                }),
+        );
+    }
+
+    fn update_paused_gauge(&self) {
+        let gate = lock(&self.gate);
+        let claiming = gate
+            .partitions
+            .values()
+            .filter(|s| matches!(s, PartitionState::Claiming { .. }))
+            .count();
+        let paused = if gate.backpressure {
+            gate.partitions.len()
+        } else {
+            claiming
+        };
+        gauge!(telemetry::CONSUMER_PAUSED).set(paused as f64);
+    }
+}
+
+/// Pauses or resumes the active partitions as the in-flight count crosses the limit.
+fn apply_backpressure(client: &Client, gate: &Mutex<Gate>, flow: &Flow, topic: &str) {
+    let saturated = flow.saturated();
+    let mut gate = lock(gate);
+    if saturated == gate.backpressure {
+        return;
+    }
+    let list = tpl(topic, &gate.active());
+    let result = if saturated {
+        client.pause(&list)
+    } else {
+        client.resume(&list)
+    };
+    match result {
+        Ok(()) => {
+            gate.backpressure = saturated;
+            let paused = if saturated { gate.partitions.len() } else { 0 };
+            gauge!(telemetry::CONSUMER_PAUSED).set(paused as f64);
+        }
+        Err(e) => tracing::warn!(error = %e, "pause/resume failed"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn poll_loop(
+    client: Arc<Client>,
+    gate: Arc<Mutex<Gate>>,
+    batcher: Addr<Batcher>,
+    flow: Arc<Flow>,
+    health: Arc<Health>,
+    stop: Arc<AtomicBool>,
+    topic: String,
+    max_record_bytes: usize,
+) -> Result<(), String> {
+    while !stop.load(Ordering::Acquire) {
+        apply_backpressure(&client, &gate, &flow, &topic);
+        let message = match tokio::time::timeout(Duration::from_millis(100), client.recv()).await {
+            Err(_) => {
+                health.progress();
+                continue;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "kafka poll error");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Ok(Ok(message)) => message,
+        };
+        health.progress();
+        let (partition, offset) = (message.partition(), message.offset());
+        let Some(epoch) = lock(&gate).admit(partition, offset) else {
+            continue;
+        };
+        let payload = message.payload().unwrap_or_default();
+        let content = match crate::order::decode(payload, max_record_bytes) {
+            Ok(order) => Content::Valid(order),
+            Err(rejection) => Content::Invalid {
+                rejection,
+                payload: payload.to_vec(),
+            },
+        };
+        let record = Record {
+            partition,
+            offset,
+            epoch,
+            bytes: payload.len(),
+            content,
+        };
+        drop(message);
+        counter!(telemetry::CONSUMER_RECORDS).increment(1);
+        batcher
+            .send(Ingest(record))
+            .await
+            .map_err(|e| format!("batcher: {e}"))?;
+    }
+    Ok(())
+}
+
+impl Actor for KafkaConsumer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(256);
+        telemetry::actor_up("consumer", true);
+        if let Err(e) = self.client.subscribe(&[&self.settings.topic]) {
+            return self.fail(ctx, format!("subscribe: {e}"), false);
+        }
+        if let Some(changes) = self.changes.take() {
+            ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(changes));
+        }
+        let poll = poll_loop(
+            self.client.clone(),
+            self.gate.clone(),
+            self.batcher.clone(),
+            self.flow.clone(),
+            self.health.clone(),
+            self.stop.clone(),
+            self.settings.topic.clone(),
+            self.settings.max_record_bytes,
+        );
+        ctx.spawn(poll.into_actor(self).map(|result, act, ctx| match result {
+            Ok(()) => tracing::info!("consumer stopped polling"),
+            Err(error) => act.fail(ctx, error, false),
+        }));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.stop.store(true, Ordering::Release);
+        telemetry::actor_up("consumer", false);
+        // Leaving the group blocks; do it off the actor thread.
+        let client = self.client.clone();
+        tokio::task::spawn_blocking(move || {
+            client.unsubscribe();
+            drop(client);
+        });
+    }
+}
+
+impl StreamHandler<AssignmentChange> for KafkaConsumer {
+    fn handle(&mut self, change: AssignmentChange, ctx: &mut Self::Context) {
+        match change {
+            AssignmentChange::Assigned(partitions) => {
+                for p in partitions {
+                    self.claim(p, ctx);
+                }
+            }
+            AssignmentChange::Revoked(partitions) => {
+                let mut gate = lock(&self.gate);
+                for p in partitions {
+                    gate.partitions.remove(&p);
+                }
+            }
+        }
+        self.update_paused_gauge();
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+impl Handler<BatchCommitted> for KafkaConsumer {
+    type Result = ();
+
+    fn handle(&mut self, msg: BatchCommitted, ctx: &mut Self::Context) {
+        if !msg.committed.is_empty() {
+            let mut offsets = TopicPartitionList::new();
+            for (p, next) in &msg.committed {
+                let _ =
+                    offsets.add_partition_offset(&self.settings.topic, *p, Offset::Offset(*next));
+            }
+            // A failed commit (a zombie's generation error, say) is a warning: the ledger rules.
+            if let Err(e) = self.client.commit(&offsets, CommitMode::Async) {
+                counter!(telemetry::CONSUMER_COMMIT_FAILURES).increment(1);
+                tracing::warn!(error = %e, "kafka offset commit failed");
+            }
+        }
+        #[cfg(feature = "failpoints")]
+        crate::failpoints::hit("after_mysql_commit");
+        for (p, epoch) in msg.gaps {
+            let current = lock(&self.gate).partitions.get(&p).copied();
+            if let Some(PartitionState::Active { epoch: e, .. }) = current {
+                if e == epoch {
+                    tracing::warn!(partition = p, "gap between ledger and batch: re-claiming");
+                    if let Err(err) = self.client.pause(&tpl(&self.settings.topic, &[p])) {
+                        tracing::warn!(error = %err, "pause failed");
+                    }
+                    self.claim(p, ctx);
+                }
+            }
+        }
+        for (p, epoch) in msg.fenced {
+            tracing::info!(
+                partition = p,
+                epoch,
+                "records of a lost or re-claimed partition were fenced"
+            );
+        }
+    }
+}
+
+/// Stops polling and waits for the in-flight batches to reach MySQL (graceful drain).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopPolling;
+
+impl Handler<StopPolling> for KafkaConsumer {
+    type Result = ();
+    fn handle(&mut self, _: StopPolling, _: &mut Self::Context) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+impl Handler<Halt> for KafkaConsumer {
+    type Result = ();
+    fn handle(&mut self, _: Halt, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_discards_claiming_and_stale_records() {
+        let mut gate = Gate::default();
+        assert_eq!(gate.admit(0, 5), None);
+        gate.partitions
+            .insert(0, PartitionState::Claiming { token: 1 });
+        assert_eq!(gate.admit(0, 5), None);
+        gate.partitions
+            .insert(0, PartitionState::Active { epoch: 3, next: 10 });
+        assert_eq!(gate.admit(0, 9), None);
+        assert_eq!(gate.admit(0, 10), Some(3));
+        assert_eq!(gate.admit(0, 10), None);
+        assert_eq!(gate.admit(0, 11), Some(3));
+        assert_eq!(gate.active(), vec![0]);
+    }
+}

@@ -1,0 +1,124 @@
+//! OrderProducer: publishes simulated orders at a steady rate (idempotent producer, key =
+//! order_id).
+//!
+//! A tick every 10 ms publishes what the rate allows; when librdkafka's bounded queue is full
+//! the tick simply publishes less, so a slow broker slows the producer instead of growing
+//! memory. With a count, the actor stops once every order was acknowledged.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use metrics::counter;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::actors::Halt;
+use crate::simulation::OrderGenerator;
+use crate::telemetry;
+
+pub struct OrderProducer {
+    producer: FutureProducer,
+    topic: String,
+    rate_per_sec: u32,
+    /// 0: unlimited.
+    count: u64,
+    generator: OrderGenerator,
+    started_at: Instant,
+    sent: u64,
+    acked: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    /// Told when `count` orders are acknowledged.
+    done: Option<tokio::sync::oneshot::Sender<u64>>,
+}
+
+impl OrderProducer {
+    pub fn new(
+        producer: FutureProducer,
+        topic: String,
+        rate_per_sec: u32,
+        count: u64,
+        node: u16,
+        done: Option<tokio::sync::oneshot::Sender<u64>>,
+    ) -> Self {
+        Self {
+            producer,
+            topic,
+            rate_per_sec,
+            count,
+            generator: OrderGenerator::new(node),
+            started_at: Instant::now(),
+            sent: 0,
+            acked: Arc::default(),
+            failed: Arc::default(),
+            done,
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let elapsed = self.started_at.elapsed().as_secs_f64();
+        let mut due = (elapsed * f64::from(self.rate_per_sec)) as u64;
+        if self.count > 0 {
+            due = due.min(self.count);
+        }
+        let mut rng = rand::thread_rng();
+        while self.sent < due {
+            let order = self
+                .generator
+                .next(chrono::Utc::now().timestamp_millis(), &mut rng);
+            let key = order.order_id.to_string();
+            let payload = order.to_json();
+            let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    self.sent += 1;
+                    let acked = self.acked.clone();
+                    let failed = self.failed.clone();
+                    ctx.spawn(
+                        async move {
+                            match delivery.await {
+                                Ok(Ok(_)) => {
+                                    acked.fetch_add(1, Ordering::Relaxed);
+                                    counter!(telemetry::PRODUCER_ORDERS).increment(1);
+                                }
+                                _ => {
+                                    failed.fetch_add(1, Ordering::Relaxed);
+                                    counter!(telemetry::PRODUCER_ERRORS).increment(1);
+                                }
+                            }
+                        }
+                        .into_actor(self),
+                    );
+                }
+                // Queue full (or the broker is away): try again on the next tick. The order's id
+                // is simply never used.
+                Err(_) => break,
+            }
+        }
+        if self.count > 0 && self.acked.load(Ordering::Relaxed) >= self.count {
+            if let Some(done) = self.done.take() {
+                let _ = done.send(self.count);
+            }
+            ctx.stop();
+        }
+    }
+}
+
+impl Actor for OrderProducer {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        telemetry::actor_up("producer", true);
+        self.started_at = Instant::now();
+        ctx.run_interval(Duration::from_millis(10), |act, ctx| act.tick(ctx));
+    }
+    fn stopped(&mut self, _: &mut Self::Context) {
+        telemetry::actor_up("producer", false);
+    }
+}
+
+impl Handler<Halt> for OrderProducer {
+    type Result = ();
+    fn handle(&mut self, _: Halt, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

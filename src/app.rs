@@ -1,0 +1,235 @@
+//! The commands: `run`, `produce`, `migrate`, `config`, `healthcheck` and `cql-emulator`.
+//!
+//! Each command is a plain async function over a validated [`Config`]; `main.rs` only parses
+//! the command line and starts the runtime.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use anyhow::{bail, Context as _};
+
+use crate::actors::producer::OrderProducer;
+use crate::cassandra::{CassandraError, CassandraStore};
+use crate::config::Config;
+use crate::kafka::{self, KafkaError};
+use crate::mysql::{self, MysqlError};
+use crate::supervisor::{retry_backoff, Drain, Pipeline, Stores};
+use crate::telemetry::{self, Health};
+
+/// `migrate`: topics, Cassandra keyspace and table, MySQL schema and seeds. Idempotent; runs
+/// under a MySQL named lock so concurrent runs serialize.
+pub async fn migrate(cfg: &Config) -> anyhow::Result<()> {
+    mysql::with_migrate_lock(&cfg.mysql, || async {
+        kafka::create_topics(&cfg.kafka)
+            .await
+            .context("kafka topics")?;
+        crate::cassandra::migrate(&cfg.cassandra)
+            .await
+            .context("cassandra schema")?;
+        mysql::migrate(&cfg.mysql).await.context("mysql schema")?;
+        Ok(())
+    })
+    .await?;
+    tracing::info!("migration complete");
+    Ok(())
+}
+
+/// Retries `attempt` while the dependency is unreachable; stops at once on a permanent error
+/// (an unmigrated store, say). A dependency down at startup is waited for, not crash-looped.
+async fn wait_for<T, E, F, Fut>(
+    cfg: &Config,
+    what: &str,
+    permanent: impl Fn(&E) -> bool,
+    mut attempt: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display + Send + Sync + 'static + std::error::Error,
+{
+    let mut delay = Duration::from_millis(cfg.supervision.backoff_initial_ms);
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if permanent(&e) => return Err(anyhow::Error::new(e)),
+            Err(e) => {
+                tracing::warn!(dependency = what, error = %e, ?delay, "waiting for dependency");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(cfg.supervision.backoff_max_ms));
+            }
+        }
+    }
+}
+
+/// Connects to both stores and checks that everything is migrated.
+pub async fn connect_stores(cfg: &Config) -> anyhow::Result<Stores> {
+    let pool = mysql::connect(&cfg.mysql).await?;
+    wait_for(
+        cfg,
+        "mysql",
+        |e: &MysqlError| !e.is_transient(),
+        || mysql::check_migrated(&pool, &cfg.mysql),
+    )
+    .await?;
+    let cassandra = wait_for(
+        cfg,
+        "cassandra",
+        |e: &CassandraError| matches!(e, CassandraError::NotMigrated { .. }),
+        || CassandraStore::connect(&cfg.cassandra),
+    )
+    .await?;
+    for topic in [cfg.kafka.topic.clone(), cfg.kafka.dead_letter_topic.clone()] {
+        let kcfg = cfg.kafka.clone();
+        wait_for(
+            cfg,
+            "kafka",
+            |e: &KafkaError| matches!(e, KafkaError::MissingTopic(_)),
+            || {
+                let kcfg = kcfg.clone();
+                let topic = topic.clone();
+                async move {
+                    let name = topic.clone();
+                    tokio::task::spawn_blocking(move || kafka::partition_count(&kcfg, &name))
+                        .await
+                        .unwrap_or_else(|e| Err(KafkaError::MissingTopic(format!("{topic} ({e})"))))
+                }
+            },
+        )
+        .await?;
+    }
+    Ok(Stores {
+        cassandra: Arc::new(cassandra),
+        mysql: pool,
+    })
+}
+
+/// A name for this instance in the ledger and in client ids.
+pub fn instance_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "orderstream".into());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+fn start_http(cfg: &Config, health: Arc<Health>) -> anyhow::Result<()> {
+    let handle = telemetry::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+    if cfg.http.listen.is_empty() {
+        return Ok(());
+    }
+    let addr: SocketAddr = cfg.http.listen.parse()?;
+    tokio::spawn(async move {
+        if let Err(e) = telemetry::serve_http(addr, handle, health).await {
+            tracing::error!(error = %e, "operations port failed");
+        }
+    });
+    Ok(())
+}
+
+fn start_producer(
+    cfg: &Config,
+    rate: u32,
+    count: u64,
+    done: Option<tokio::sync::oneshot::Sender<u64>>,
+) -> anyhow::Result<Addr<OrderProducer>> {
+    let producer =
+        kafka::producer_config(&cfg.kafka, &format!("{}-producer", instance_name())).create()?;
+    let node = cfg
+        .producer
+        .instance_id
+        .unwrap_or_else(|| rand::random::<u16>() & 0x3ff);
+    Ok(OrderProducer::new(producer, cfg.kafka.topic.clone(), rate, count, node, done).start())
+}
+
+/// `run`: the pipeline until SIGTERM/SIGINT, then a bounded drain. Exit code 0 after a clean
+/// drain.
+pub async fn run(
+    cfg: Config,
+    migrate_first: bool,
+    produce_rate: Option<u32>,
+) -> anyhow::Result<i32> {
+    let cfg = Arc::new(cfg);
+    let health = Arc::new(Health::default());
+    health.progress();
+    start_http(&cfg, health.clone())?;
+    if migrate_first {
+        migrate(&cfg).await?;
+    }
+    let stores = connect_stores(&cfg).await?;
+    let owner = instance_name();
+    tracing::info!(%owner, topic = %cfg.kafka.topic, "pipeline starting");
+    let pipeline = Pipeline::new(cfg.clone(), stores, health, owner).start();
+    let producer = match produce_rate {
+        Some(rate) => Some(start_producer(&cfg, rate, 0, None)?),
+        None => None,
+    };
+    crate::shutdown_signal().await;
+    tracing::info!("shutdown requested: draining");
+    if let Some(p) = producer {
+        let _ = p.send(crate::actors::Halt).await;
+    }
+    let drained = pipeline.send(Drain).await.unwrap_or(false);
+    if drained {
+        tracing::info!("drained cleanly");
+    } else {
+        tracing::warn!(
+            "drain timeout reached: in-flight batches abandoned (they replay from the ledger)"
+        );
+    }
+    Ok(0)
+}
+
+/// `produce`: the producer alone; with a count, exits 0 once every order is acknowledged.
+pub async fn produce(cfg: Config, rate: u32, count: u64) -> anyhow::Result<i32> {
+    let health = Arc::new(Health::default());
+    start_http(&cfg, health)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let producer = start_producer(&cfg, rate, count, Some(tx))?;
+    tokio::select! {
+        acked = rx => {
+            let acked = acked.unwrap_or(0);
+            tracing::info!(acked, "all orders acknowledged");
+            println!("produced {acked} orders");
+        }
+        _ = crate::shutdown_signal() => {
+            let _ = producer.send(crate::actors::Halt).await;
+            tracing::info!("producer stopped");
+        }
+    }
+    Ok(0)
+}
+
+/// `healthcheck`: exit 0 when the local instance answers /healthz with 200.
+pub async fn healthcheck(cfg: &Config) -> anyhow::Result<i32> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if cfg.http.listen.is_empty() {
+        bail!("http.listen is empty: the operations port is disabled");
+    }
+    let mut addr: SocketAddr = cfg.http.listen.parse()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), check).await??;
+    if response.starts_with("HTTP/1.0 200") {
+        Ok(0)
+    } else {
+        eprintln!("unhealthy: {}", response.lines().next().unwrap_or(""));
+        Ok(1)
+    }
+}
+
+/// The retry policy, exposed for tests that drive actors directly.
+pub fn backoff(cfg: &Config) -> backoff::ExponentialBackoff {
+    retry_backoff(cfg)
+}

@@ -1,0 +1,188 @@
+//! A single-node CQL v4 server around the `kassandra` in-memory emulator.
+//!
+//! No Cassandra or ScyllaDB can run on the development and CI machines, so the test suite (and
+//! later the demo) talks to this emulator instead, over the real CQL protocol with the real
+//! `scylla` driver. Production uses Cassandra or ScyllaDB; nothing in the pipeline knows which.
+//!
+//! Two behaviours differ from the stock `kassandra-tester` loop, both needed to survive restarts:
+//! - prepared-statement ids are a hash of the query text, so a driver that prepared a statement
+//!   before the server restarted can still execute it afterwards;
+//! - the state is loaded from `--state` at start and saved there on SIGTERM/SIGINT (a `kill -9`
+//!   loses everything since the last save, which a real node would not).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures::{SinkExt, StreamExt};
+use kassandra::error::DbError;
+use kassandra::frame::request::{Request, RequestOpcode};
+use kassandra::frame::response::{error::Error as CqlError, Response};
+use kassandra::frame::{request_stream, response_sink};
+use kassandra::session::KassandraSession;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Errors that stop the emulator.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot read state file {path}: {reason}")]
+    LoadState { path: PathBuf, reason: String },
+    #[error("cannot save state file {path}: {source}")]
+    SaveState {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+type Shared = Arc<Mutex<KassandraSession>>;
+
+/// Runs the emulator until SIGTERM or SIGINT, then saves the state (when a path is given).
+pub async fn serve(listen: SocketAddr, state: Option<PathBuf>) -> Result<(), EmulatorError> {
+    let session = match &state {
+        Some(path) if path.exists() => load(path)?,
+        _ => KassandraSession::new(),
+    };
+    let shared: Shared = Arc::new(Mutex::new(session));
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| EmulatorError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let bound = listener.local_addr().unwrap_or(listen);
+    // The harness waits for this exact line to learn that the port is open.
+    println!("cql emulator listening on {bound}");
+
+    let accept = {
+        let shared = shared.clone();
+        async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(client(shared.clone(), stream));
+                    }
+                    Err(err) => tracing::warn!(%err, "accept failed"),
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = accept => {}
+        _ = crate::shutdown_signal() => {}
+    }
+    if let Some(path) = state {
+        save(&shared, &path)?;
+        println!("cql emulator state saved to {}", path.display());
+    }
+    Ok(())
+}
+
+fn load(path: &Path) -> Result<KassandraSession, EmulatorError> {
+    let bytes = std::fs::read(path).map_err(|e| EmulatorError::LoadState {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    KassandraSession::load_state(&bytes).map_err(|e| EmulatorError::LoadState {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn save(shared: &Shared, path: &Path) -> Result<(), EmulatorError> {
+    let bytes = match shared.lock() {
+        Ok(session) => session.save_state(),
+        Err(poisoned) => poisoned.into_inner().save_state(),
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|source| EmulatorError::SaveState {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// FNV-1a, 128 bits: a stable id for a query text (std's hashers are not stable across builds).
+fn query_id(text: &str) -> u128 {
+    let mut hash: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for byte in text.as_bytes() {
+        hash ^= u128::from(*byte);
+        hash = hash.wrapping_mul(0x0000000001000000000000000000013B);
+    }
+    hash
+}
+
+async fn client(shared: Shared, mut stream: TcpStream) {
+    let (mut read, mut write) = stream.split();
+    let mut requests = request_stream(&mut read);
+    let mut responses = response_sink(&mut write);
+    while let Some(frame) = requests.next().await {
+        let Ok((params, opcode, data)) = frame else {
+            break;
+        };
+        let response = match Request::deserialize(opcode, &data, params.flags) {
+            Ok(Request::Prepare(query)) if opcode == RequestOpcode::Prepare => {
+                let text = kassandra::frame::parse::long_string(&data)
+                    .map(|(_, text)| text.to_owned())
+                    .unwrap_or_default();
+                with_session(&shared, |s| s.prepare_with_id(query, query_id(&text)))
+            }
+            Ok(request) => handle(&shared, request),
+            Err(_) => Response::Error(CqlError::new(
+                DbError::ProtocolError,
+                "error parsing request",
+            )),
+        };
+        if responses.send((response, params.stream)).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn with_session(
+    shared: &Shared,
+    f: impl FnOnce(
+        &mut KassandraSession,
+    ) -> Result<kassandra::frame::response::result::QueryResult, CqlError>,
+) -> Response {
+    let mut guard = match shared.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    match f(&mut guard) {
+        Ok(result) => Response::Result(result),
+        Err(err) => Response::Error(err),
+    }
+}
+
+fn handle(shared: &Shared, request: Request<'_>) -> Response {
+    match request {
+        Request::StartUp(_) | Request::Register { .. } => Response::Ready,
+        Request::Options => Response::options(),
+        Request::Query(query) => with_session(shared, |s| s.process(query)),
+        Request::Prepare(query) => with_session(shared, |s| s.prepare(query)),
+        Request::Execute(execute) => with_session(shared, |s| s.execute(execute)),
+        Request::Batch(batch) => with_session(shared, |s| s.process_batch(batch)),
+        Request::AuthResponse => Response::Error(CqlError::new(
+            DbError::ProtocolError,
+            "authentication is not supported",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_id;
+
+    #[test]
+    fn query_ids_are_stable_and_distinct() {
+        assert_eq!(query_id("SELECT 1"), query_id("SELECT 1"));
+        assert_ne!(query_id("SELECT 1"), query_id("SELECT 2"));
+    }
+}

@@ -1,0 +1,180 @@
+//! Kafka client settings, topic administration and the consumer's rebalance hook.
+//!
+//! Settings follow DESIGN rule 1: no auto-commit, no auto offset store, `earliest` only where the
+//! ledger has no row, and explicitly bounded prefetch and producer queues (librdkafka's defaults
+//! are 64 MiB and 1 GiB). The producer is idempotent with `acks=all`.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+use tokio::sync::mpsc;
+
+use crate::config::KafkaConfig;
+
+/// Errors of the Kafka side.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("kafka: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("creating topic {topic} failed: {code}")]
+    CreateTopic { topic: String, code: String },
+    #[error("kafka topic {0} does not exist: run `orderstream migrate` first")]
+    MissingTopic(String),
+}
+
+/// Settings of the pipeline's consumer.
+pub fn consumer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", &cfg.group_id)
+        .set("client.id", client_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (cfg.session_timeout_ms / 4).max(100).to_string(),
+        )
+        .set(
+            "queued.max.messages.kbytes",
+            cfg.queued_max_messages_kbytes.to_string(),
+        )
+        .set("queued.min.messages", "1000")
+        .set("partition.assignment.strategy", "range,roundrobin")
+        .set(
+            "socket.timeout.ms",
+            cfg.request_timeout_ms.max(1_000).to_string(),
+        );
+    c
+}
+
+/// Settings of the order producer and the dead-letter publisher.
+pub fn producer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("client.id", client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set(
+            "queue.buffering.max.kbytes",
+            cfg.producer_queue_max_kbytes.to_string(),
+        )
+        .set("queue.buffering.max.messages", "100000")
+        .set("message.timeout.ms", "0");
+    c
+}
+
+fn admin(cfg: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .create()?)
+}
+
+/// Creates the orders and dead-letter topics when missing. Safe to repeat and to race.
+pub async fn create_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
+    let admin = admin(cfg)?;
+    let topics = [
+        NewTopic::new(
+            &cfg.topic,
+            cfg.partitions,
+            TopicReplication::Fixed(cfg.replication_factor),
+        ),
+        NewTopic::new(
+            &cfg.dead_letter_topic,
+            cfg.partitions.clamp(1, 3),
+            TopicReplication::Fixed(cfg.replication_factor),
+        ),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_millis(u64::from(
+        cfg.request_timeout_ms,
+    ))));
+    for result in admin.create_topics(&topics, &options).await? {
+        match result {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::CreateTopic {
+                    topic,
+                    code: code.to_string(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Partition count of a topic, or `MissingTopic`. Blocking: call from `spawn_blocking`.
+pub fn partition_count(cfg: &KafkaConfig, topic: &str) -> Result<usize, KafkaError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .create()?;
+    let timeout = Duration::from_millis(u64::from(cfg.request_timeout_ms));
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let count = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
+    if count == 0 {
+        return Err(KafkaError::MissingTopic(topic.to_owned()));
+    }
+    Ok(count)
+}
+
+/// A change of this member's assignment, handed from the rebalance callback to the actor.
+#[derive(Debug, Clone)]
+pub enum AssignmentChange {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// The consumer context: new partitions start paused (DESIGN rule 2) and the actor is told, so
+/// that it can claim them in the ledger and seek there without blocking the poll loop.
+pub struct LedgerContext {
+    pub topic: String,
+    pub changes: mpsc::Sender<AssignmentChange>,
+}
+
+impl ClientContext for LedgerContext {}
+
+impl ConsumerContext for LedgerContext {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let change = match rebalance {
+            Rebalance::Assign(tpl) => {
+                if let Err(err) = consumer.pause(tpl) {
+                    tracing::error!(%err, "cannot pause newly assigned partitions");
+                }
+                AssignmentChange::Assigned(partitions_of(tpl, &self.topic))
+            }
+            Rebalance::Revoke(tpl) => AssignmentChange::Revoked(partitions_of(tpl, &self.topic)),
+            Rebalance::Error(err) => {
+                tracing::warn!(%err, "rebalance error");
+                return;
+            }
+        };
+        crate::telemetry::rebalance(&change);
+        // The channel is far larger than the number of rebalances between two polls.
+        if self.changes.try_send(change).is_err() {
+            tracing::error!("assignment change lost: actor mailbox full or closed");
+        }
+    }
+}
+
+fn partitions_of(tpl: &rdkafka::TopicPartitionList, topic: &str) -> Vec<i32> {
+    let mut partitions: Vec<i32> = tpl
+        .elements()
+        .iter()
+        .filter(|e| e.topic() == topic)
+        .map(|e| e.partition())
+        .collect();
+    partitions.sort_unstable();
+    partitions
+}

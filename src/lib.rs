@@ -1,0 +1,76 @@
+//! orderstream: a long-running, actor-based, fault-tolerant stream processor.
+//!
+//! ```text
+//!  OrderProducer ──► Kafka `orders` ──► KafkaConsumer ──► Batcher ──► CassandraWriter ──► MysqlAggregator
+//!  (simulated)       (keyed by id)      (group member,     (size/time   (raw orders,        (aggregates + offset
+//!                                        pause/resume)      batches)     idempotent upsert)   ledger, one txn)
+//!                                             │                               │                    │
+//!                                             │                 DeadLetters ◄─┘                    │
+//!                                             │                 (`orders.dlq`, reason headers)     │
+//!                                             └◄──────────── BatchCommitted (Kafka commit hint) ◄──┘
+//! ```
+//!
+//! Every valid record is stored once in Cassandra and counted once in MySQL, whatever crashes:
+//! the MySQL offset ledger, advanced in the same transaction as the aggregates, says what has
+//! been applied (see `mysql.rs` and DESIGN.md, "Delivery guarantee").
+//!
+//! Map of the crate:
+//! - `config`      — layered, documented, validated configuration
+//! - `order`       — the event contract: decode and validate one record
+//! - `batch`       — records, micro-batches and the rule that cuts them
+//! - `aggregate`   — folding orders into aggregate deltas
+//! - `kafka`       — client settings, topic admin, the rebalance hook
+//! - `cassandra`   — CQL session, schema, idempotent insert, paged read-back
+//! - `mysql`       — schema, the offset ledger and the batch transaction
+//! - `actors/`     — one file per actor: consumer, batcher, cassandra_writer, mysql_aggregator,
+//!                   dead_letters, producer
+//! - `supervisor`  — builds the data path, restarts it as a unit, drains on shutdown
+//! - `simulation`  — simulated orders and unique order ids
+//! - `telemetry`   — metric names, the Prometheus recorder, /metrics /healthz /readyz
+//! - `app`         — the commands (run, produce, migrate, config, healthcheck)
+//! - `emulator`    — a CQL server around the kassandra emulator, for tests and demos
+//! - `failpoints`  — fault injection for the chaos tests (feature `failpoints`)
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod actors;
+pub mod aggregate;
+pub mod app;
+pub mod batch;
+pub mod cassandra;
+pub mod config;
+pub mod emulator;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
+pub mod kafka;
+pub mod mysql;
+pub mod order;
+pub mod simulation;
+pub mod supervisor;
+pub mod telemetry;
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

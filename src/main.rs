@@ -1,0 +1,146 @@
+//! The `orderstream` binary: parse the command line, load the configuration, start the runtime,
+//! run the command.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use orderstream::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "orderstream",
+    version,
+    about = "Kafka orders into Cassandra and MySQL, exactly once in effect"
+)]
+struct Cli {
+    /// TOML configuration file (layered over the built-in defaults, under the environment).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Override one key, e.g. `--set kafka.brokers=127.0.0.1:9092` (repeatable; wins over all).
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    overrides: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline until SIGTERM/SIGINT.
+    Run {
+        /// Also run the simulated producer in this process, at this many orders per second.
+        #[arg(long)]
+        produce_rate: Option<u32>,
+        /// Migrate before starting (development).
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Publish simulated orders.
+    Produce {
+        /// Orders per second.
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Stop after this many acknowledged orders.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Create topics, the Cassandra keyspace and table, the MySQL schema and seeds. Idempotent.
+    Migrate,
+    /// Print the effective configuration, secrets redacted.
+    Config,
+    /// Exit 0 when the local instance is healthy (for container health checks).
+    Healthcheck,
+    /// Serve the in-memory CQL emulator (tests and demos; not for production).
+    CqlEmulator {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:9042")]
+        listen: std::net::SocketAddr,
+        /// State file: loaded at start, saved on SIGTERM/SIGINT.
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,scylla=warn,rdkafka=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // A panic must never leave a zombie: log it and exit, so the supervisor above us restarts.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        eprintln!("orderstream: panic, exiting");
+        std::process::exit(70);
+    }));
+
+    let mut overrides = Vec::new();
+    for item in &cli.overrides {
+        let (k, v) = item
+            .split_once('=')
+            .with_context(|| format!("--set {item}: expected KEY=VALUE"))?;
+        overrides.push((k.trim().to_owned(), v.to_owned()));
+    }
+    if let Command::Produce {
+        rate: Some(rate), ..
+    } = &cli.command
+    {
+        overrides.push(("producer.rate_per_sec".into(), rate.to_string()));
+    }
+    if let Command::Produce {
+        count: Some(count), ..
+    } = &cli.command
+    {
+        overrides.push(("producer.count".into(), count.to_string()));
+    }
+    if let Command::CqlEmulator { listen, state } = &cli.command {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(orderstream::emulator::serve(*listen, state.clone()))?;
+        return Ok(());
+    }
+    let config = match Config::load(cli.config.as_deref(), std::env::vars(), &overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("orderstream: {e}");
+            std::process::exit(78);
+        }
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let system = actix::System::with_tokio_rt(move || runtime);
+    let code = system.block_on(async move {
+        match cli.command {
+            Command::Run {
+                produce_rate,
+                migrate,
+            } => orderstream::app::run(config, migrate, produce_rate).await,
+            Command::Produce { .. } => {
+                let (rate, count) = (config.producer.rate_per_sec, config.producer.count);
+                orderstream::app::produce(config, rate, count).await
+            }
+            Command::Migrate => orderstream::app::migrate(&config).await.map(|_| 0),
+            Command::Config => {
+                print!("{}", config.to_redacted_toml());
+                Ok(0)
+            }
+            Command::Healthcheck => orderstream::app::healthcheck(&config).await,
+            Command::CqlEmulator { .. } => Ok(0),
+        }
+    });
+    match code {
+        Ok(0) => Ok(()),
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("orderstream: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,624 @@
+//! The order event and its contract, checked in one place.
+//!
+//! Every record the consumer reads goes through [`decode`]: it either becomes an [`Order`] whose
+//! every field fits the Cassandra and MySQL column types (so no store can refuse it), or a
+//! [`Rejection`] with a low-cardinality [`Reason`] that the dead-letter topic carries. Bounds are
+//! fixed constants, never relative to "now", so a replay classifies a record exactly as the first
+//! pass did.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Number;
+
+/// Highest platform, product and customer id: the range of a signed 32-bit column.
+pub const MAX_DIMENSION_ID: i64 = i32::MAX as i64;
+/// Largest quantity of one order.
+pub const MAX_QUANTITY: i64 = 10_000;
+/// The accepted payment methods, exactly as spelled in the tutorial's data.
+pub const PAYMENT_METHODS: [&str; 4] = ["credit card", "debit card", "bank transfer", "paypal"];
+
+/// Earliest accepted `created_at` (inclusive), 2000-01-01T00:00:00Z, in milliseconds.
+pub const MIN_CREATED_AT_MS: i64 = 946_684_800_000;
+/// Latest accepted `created_at` (exclusive), 2100-01-01T00:00:00Z, in milliseconds.
+pub const MAX_CREATED_AT_MS: i64 = 4_102_444_800_000;
+
+/// One valid e-commerce order, as stored in Cassandra and folded into MySQL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Order {
+    pub order_id: i64,
+    /// Milliseconds since the Unix epoch, UTC.
+    pub created_at_ms: i64,
+    pub platform_id: i32,
+    pub product_id: i32,
+    pub quantity: i32,
+    pub customer_id: i32,
+    pub payment_method: PaymentMethod,
+}
+
+/// The closed set of payment methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PaymentMethod {
+    CreditCard,
+    DebitCard,
+    BankTransfer,
+    Paypal,
+}
+
+impl PaymentMethod {
+    pub const ALL: [PaymentMethod; 4] = [
+        Self::CreditCard,
+        Self::DebitCard,
+        Self::BankTransfer,
+        Self::Paypal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CreditCard => PAYMENT_METHODS[0],
+            Self::DebitCard => PAYMENT_METHODS[1],
+            Self::BankTransfer => PAYMENT_METHODS[2],
+            Self::Paypal => PAYMENT_METHODS[3],
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == text)
+    }
+}
+
+impl Serialize for PaymentMethod {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl Order {
+    /// `created_at` as a UTC timestamp.
+    pub fn created_at(&self) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(self.created_at_ms)
+            .single()
+            .unwrap_or_default()
+    }
+
+    /// The UTC date the order counts towards.
+    pub fn order_date(&self) -> NaiveDate {
+        self.created_at().date_naive()
+    }
+
+    /// The start of the UTC minute the order counts towards, in milliseconds.
+    pub fn minute_ms(&self) -> i64 {
+        self.created_at_ms - self.created_at_ms.rem_euclid(60_000)
+    }
+
+    /// The JSON the producer publishes: `created_at` in UTC with milliseconds.
+    pub fn to_json(&self) -> Vec<u8> {
+        let wire = WireOrder {
+            order_id: self.order_id,
+            created_at: self
+                .created_at()
+                .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                .to_string(),
+            platform_id: self.platform_id,
+            product_id: self.product_id,
+            quantity: self.quantity,
+            customer_id: self.customer_id,
+            payment_method: self.payment_method.as_str(),
+        };
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+}
+
+#[derive(Serialize)]
+struct WireOrder<'a> {
+    order_id: i64,
+    created_at: String,
+    platform_id: i32,
+    product_id: i32,
+    quantity: i32,
+    customer_id: i32,
+    payment_method: &'a str,
+}
+
+/// Why a record was refused. The `as_str` codes are the dead-letter `error` header and the
+/// `reason` metric label, so they never change once published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    TooLarge,
+    InvalidUtf8,
+    NotJson,
+    NotObject,
+    MissingField,
+    WrongType,
+    OutOfRange,
+    BadTimestamp,
+    UnknownPaymentMethod,
+    /// A store refused the record's data although validation accepted it (rule 10).
+    StoreRejected,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 10] = [
+        Self::TooLarge,
+        Self::InvalidUtf8,
+        Self::NotJson,
+        Self::NotObject,
+        Self::MissingField,
+        Self::WrongType,
+        Self::OutOfRange,
+        Self::BadTimestamp,
+        Self::UnknownPaymentMethod,
+        Self::StoreRejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::NotJson => "not_json",
+            Self::NotObject => "not_object",
+            Self::MissingField => "missing_field",
+            Self::WrongType => "wrong_type",
+            Self::OutOfRange => "out_of_range",
+            Self::BadTimestamp => "bad_timestamp",
+            Self::UnknownPaymentMethod => "unknown_payment_method",
+            Self::StoreRejected => "store_rejected",
+        }
+    }
+}
+
+/// A refused record: the reason code and a human-readable detail (never used as a label).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason.as_str(), self.detail)
+    }
+}
+
+/// The shape of a record, read leniently: unknown fields are ignored, and every required field
+/// is optional here so that a missing one can be named.
+#[derive(Deserialize)]
+struct RawOrder<'a> {
+    order_id: Option<Number>,
+    #[serde(borrow)]
+    created_at: Option<Cow<'a, str>>,
+    platform_id: Option<Number>,
+    product_id: Option<Number>,
+    quantity: Option<Number>,
+    customer_id: Option<Number>,
+    #[serde(borrow)]
+    payment_method: Option<Cow<'a, str>>,
+}
+
+const FIELDS: [&str; 7] = [
+    "order_id",
+    "created_at",
+    "platform_id",
+    "product_id",
+    "quantity",
+    "customer_id",
+    "payment_method",
+];
+
+/// Decodes and validates one record value against the event contract.
+pub fn decode(payload: &[u8], max_bytes: usize) -> Result<Order, Rejection> {
+    if payload.len() > max_bytes {
+        return Err(Rejection::new(
+            Reason::TooLarge,
+            format!("{} bytes, limit {max_bytes}", payload.len()),
+        ));
+    }
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| Rejection::new(Reason::InvalidUtf8, e.to_string()))?;
+    match serde_json::from_str::<RawOrder<'_>>(text) {
+        Ok(raw) => validate(raw),
+        // The typed read failed: find out why from the generic JSON value (slow path, only for
+        // invalid records).
+        Err(_) => Err(classify(text)),
+    }
+}
+
+fn classify(text: &str) -> Rejection {
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        Err(e) => return Rejection::new(Reason::NotJson, e.to_string()),
+    };
+    let Some(object) = value.as_object() else {
+        return Rejection::new(
+            Reason::NotObject,
+            format!("top level is {}", json_kind(&value)),
+        );
+    };
+    for field in FIELDS {
+        match (field, object.get(field)) {
+            (_, None) | (_, Some(serde_json::Value::Null)) => {}
+            ("created_at" | "payment_method", Some(serde_json::Value::String(_))) => {}
+            ("created_at" | "payment_method", Some(other)) => {
+                return Rejection::new(
+                    Reason::WrongType,
+                    format!("{field} must be a string, got {}", json_kind(other)),
+                )
+            }
+            (_, Some(serde_json::Value::Number(_))) => {}
+            (_, Some(other)) => {
+                return Rejection::new(
+                    Reason::WrongType,
+                    format!("{field} must be an integer, got {}", json_kind(other)),
+                )
+            }
+        }
+    }
+    Rejection::new(Reason::NotJson, "unreadable object")
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn validate(raw: RawOrder<'_>) -> Result<Order, Rejection> {
+    let order_id = integer("order_id", raw.order_id, 1, i64::MAX)?;
+    let created_at = raw
+        .created_at
+        .ok_or_else(|| Rejection::new(Reason::MissingField, "created_at is missing"))?;
+    let created_at_ms = parse_timestamp(&created_at)?;
+    let platform_id = integer("platform_id", raw.platform_id, 1, MAX_DIMENSION_ID)?;
+    let product_id = integer("product_id", raw.product_id, 1, MAX_DIMENSION_ID)?;
+    let quantity = integer("quantity", raw.quantity, 1, MAX_QUANTITY)?;
+    let customer_id = integer("customer_id", raw.customer_id, 1, MAX_DIMENSION_ID)?;
+    let method = raw
+        .payment_method
+        .ok_or_else(|| Rejection::new(Reason::MissingField, "payment_method is missing"))?;
+    let payment_method = PaymentMethod::parse(&method).ok_or_else(|| {
+        Rejection::new(
+            Reason::UnknownPaymentMethod,
+            format!("{method:?} is not accepted"),
+        )
+    })?;
+    // The ranges above were checked against i32 bounds, so these conversions cannot fail.
+    let narrow = |v: i64| i32::try_from(v).unwrap_or(i32::MAX);
+    Ok(Order {
+        order_id,
+        created_at_ms,
+        platform_id: narrow(platform_id),
+        product_id: narrow(product_id),
+        quantity: narrow(quantity),
+        customer_id: narrow(customer_id),
+        payment_method,
+    })
+}
+
+fn integer(field: &str, value: Option<Number>, min: i64, max: i64) -> Result<i64, Rejection> {
+    let number =
+        value.ok_or_else(|| Rejection::new(Reason::MissingField, format!("{field} is missing")))?;
+    if let Some(v) = number.as_i64() {
+        if (min..=max).contains(&v) {
+            return Ok(v);
+        }
+        return Err(Rejection::new(
+            Reason::OutOfRange,
+            format!("{field} = {v}, allowed {min}..={max}"),
+        ));
+    }
+    if number.is_u64() {
+        return Err(Rejection::new(
+            Reason::OutOfRange,
+            format!("{field} = {number}, allowed {min}..={max}"),
+        ));
+    }
+    Err(Rejection::new(
+        Reason::WrongType,
+        format!("{field} must be an integer, got {number}"),
+    ))
+}
+
+/// RFC 3339 (fractional seconds and offset optional in the sense of RFC 3339), or the tutorial's
+/// `YYYY-MM-DD HH:MM:SS` read as UTC; within [2000-01-01, 2100-01-01).
+fn parse_timestamp(text: &str) -> Result<i64, Rejection> {
+    let ms = if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
+        dt.timestamp_millis()
+    } else if let Ok(naive) = NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S") {
+        naive.and_utc().timestamp_millis()
+    } else {
+        return Err(Rejection::new(
+            Reason::BadTimestamp,
+            format!("created_at {text:?} is neither RFC 3339 nor YYYY-MM-DD HH:MM:SS"),
+        ));
+    };
+    if !(MIN_CREATED_AT_MS..MAX_CREATED_AT_MS).contains(&ms) {
+        return Err(Rejection::new(
+            Reason::OutOfRange,
+            format!("created_at {text} is outside 2000-01-01 .. 2100-01-01"),
+        ));
+    }
+    Ok(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: usize = 64 * 1024;
+
+    fn valid() -> serde_json::Value {
+        serde_json::json!({
+            "order_id": 42,
+            "created_at": "2024-05-01T10:20:30.123Z",
+            "platform_id": 1,
+            "product_id": 7,
+            "quantity": 3,
+            "customer_id": 99,
+            "payment_method": "paypal"
+        })
+    }
+
+    fn with(field: &str, value: serde_json::Value) -> Vec<u8> {
+        let mut v = valid();
+        v[field] = value;
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn without(field: &str) -> Vec<u8> {
+        let mut v = valid();
+        v.as_object_mut().unwrap().remove(field);
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn reason(payload: &[u8]) -> Reason {
+        decode(payload, LIMIT).unwrap_err().reason
+    }
+
+    #[test]
+    fn a_valid_order_decodes_with_every_field() {
+        let order = decode(&serde_json::to_vec(&valid()).unwrap(), LIMIT).unwrap();
+        assert_eq!(order.order_id, 42);
+        assert_eq!(order.created_at_ms, 1_714_558_830_123);
+        assert_eq!((order.platform_id, order.product_id), (1, 7));
+        assert_eq!((order.quantity, order.customer_id), (3, 99));
+        assert_eq!(order.payment_method, PaymentMethod::Paypal);
+    }
+
+    #[test]
+    fn the_producer_wire_format_round_trips() {
+        let order = decode(&serde_json::to_vec(&valid()).unwrap(), LIMIT).unwrap();
+        assert_eq!(decode(&order.to_json(), LIMIT).unwrap(), order);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        assert!(decode(&with("coupon", serde_json::json!("X")), LIMIT).is_ok());
+    }
+
+    #[test]
+    fn size_limit_is_inclusive() {
+        let base = serde_json::to_vec(&valid()).unwrap();
+        // Pad with spaces before the closing brace: still valid JSON.
+        let pad = |total: usize| {
+            let mut p = base[..base.len() - 1].to_vec();
+            p.resize(total - 1, b' ');
+            p.push(b'}');
+            p
+        };
+        assert!(decode(&pad(LIMIT), LIMIT).is_ok());
+        assert_eq!(reason(&pad(LIMIT + 1)), Reason::TooLarge);
+    }
+
+    #[test]
+    fn structural_errors_have_their_own_reasons() {
+        assert_eq!(reason(b"\xff\xfe{}"), Reason::InvalidUtf8);
+        assert_eq!(reason(b"{not json"), Reason::NotJson);
+        assert_eq!(reason(b""), Reason::NotJson);
+        assert_eq!(reason(b"[1,2,3]"), Reason::NotObject);
+        assert_eq!(reason(b"\"order\""), Reason::NotObject);
+        assert_eq!(reason(b"17"), Reason::NotObject);
+    }
+
+    #[test]
+    fn every_missing_field_is_named() {
+        for field in FIELDS {
+            let err = decode(&without(field), LIMIT).unwrap_err();
+            assert_eq!(err.reason, Reason::MissingField, "{field}");
+            assert!(err.detail.contains(field), "{field}: {}", err.detail);
+            assert_eq!(
+                reason(&with(field, serde_json::Value::Null)),
+                Reason::MissingField
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_refused() {
+        for field in [
+            "order_id",
+            "platform_id",
+            "product_id",
+            "quantity",
+            "customer_id",
+        ] {
+            assert_eq!(
+                reason(&with(field, serde_json::json!("1"))),
+                Reason::WrongType,
+                "{field}"
+            );
+            assert_eq!(
+                reason(&with(field, serde_json::json!(1.5))),
+                Reason::WrongType,
+                "{field}"
+            );
+            assert_eq!(
+                reason(&with(field, serde_json::json!(2.0))),
+                Reason::WrongType,
+                "{field}"
+            );
+            assert_eq!(
+                reason(&with(field, serde_json::json!(true))),
+                Reason::WrongType,
+                "{field}"
+            );
+            assert_eq!(
+                reason(&with(field, serde_json::json!([1]))),
+                Reason::WrongType,
+                "{field}"
+            );
+        }
+        assert_eq!(
+            reason(&with("created_at", serde_json::json!(1_700_000_000))),
+            Reason::WrongType
+        );
+        assert_eq!(
+            reason(&with("payment_method", serde_json::json!(1))),
+            Reason::WrongType
+        );
+    }
+
+    #[test]
+    fn order_id_bounds() {
+        assert_eq!(
+            reason(&with("order_id", serde_json::json!(0))),
+            Reason::OutOfRange
+        );
+        assert_eq!(
+            reason(&with("order_id", serde_json::json!(-5))),
+            Reason::OutOfRange
+        );
+        assert!(decode(&with("order_id", serde_json::json!(1)), LIMIT).is_ok());
+        assert!(decode(&with("order_id", serde_json::json!(i64::MAX)), LIMIT).is_ok());
+        let over = br#"{"order_id":9223372036854775808,"created_at":"2024-05-01 10:00:00","platform_id":1,"product_id":1,"quantity":1,"customer_id":1,"payment_method":"paypal"}"#;
+        assert_eq!(reason(over), Reason::OutOfRange);
+    }
+
+    #[test]
+    fn dimension_id_bounds_follow_int_columns() {
+        for field in ["platform_id", "product_id", "customer_id"] {
+            assert!(
+                decode(&with(field, serde_json::json!(1)), LIMIT).is_ok(),
+                "{field}"
+            );
+            assert!(decode(&with(field, serde_json::json!(2_147_483_647i64)), LIMIT).is_ok());
+            assert_eq!(
+                reason(&with(field, serde_json::json!(2_147_483_648i64))),
+                Reason::OutOfRange
+            );
+            assert_eq!(
+                reason(&with(field, serde_json::json!(0))),
+                Reason::OutOfRange
+            );
+            assert_eq!(
+                reason(&with(field, serde_json::json!(-1))),
+                Reason::OutOfRange
+            );
+        }
+    }
+
+    #[test]
+    fn quantity_bounds() {
+        assert_eq!(
+            reason(&with("quantity", serde_json::json!(0))),
+            Reason::OutOfRange
+        );
+        assert!(decode(&with("quantity", serde_json::json!(1)), LIMIT).is_ok());
+        assert!(decode(&with("quantity", serde_json::json!(10_000)), LIMIT).is_ok());
+        assert_eq!(
+            reason(&with("quantity", serde_json::json!(10_001))),
+            Reason::OutOfRange
+        );
+    }
+
+    #[test]
+    fn payment_methods_are_a_closed_set() {
+        for method in PAYMENT_METHODS {
+            assert!(decode(&with("payment_method", serde_json::json!(method)), LIMIT).is_ok());
+        }
+        for bad in ["bitcoin", "Paypal", "credit_card", ""] {
+            assert_eq!(
+                reason(&with("payment_method", serde_json::json!(bad))),
+                Reason::UnknownPaymentMethod
+            );
+        }
+    }
+
+    #[test]
+    fn timestamp_formats() {
+        let ms = |t: &str| {
+            decode(&with("created_at", serde_json::json!(t)), LIMIT).map(|o| o.created_at_ms)
+        };
+        assert_eq!(ms("2024-05-01T10:20:30Z").unwrap(), 1_714_558_830_000);
+        assert_eq!(
+            ms("2024-05-01T10:20:30.5+02:00").unwrap(),
+            1_714_551_630_500
+        );
+        assert_eq!(ms("2024-05-01 10:20:30").unwrap(), 1_714_558_830_000);
+        for bad in [
+            "yesterday",
+            "2024-05-01",
+            "2024-13-01 10:00:00",
+            "2024-05-01T25:00:00Z",
+        ] {
+            assert_eq!(
+                decode(&with("created_at", serde_json::json!(bad)), LIMIT)
+                    .unwrap_err()
+                    .reason,
+                Reason::BadTimestamp,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn timestamp_bounds_are_fixed() {
+        let r = |t: &str| decode(&with("created_at", serde_json::json!(t)), LIMIT);
+        assert!(r("2000-01-01T00:00:00Z").is_ok());
+        assert_eq!(
+            r("1999-12-31T23:59:59.999Z").unwrap_err().reason,
+            Reason::OutOfRange
+        );
+        assert!(r("2099-12-31T23:59:59.999Z").is_ok());
+        assert_eq!(
+            r("2100-01-01T00:00:00Z").unwrap_err().reason,
+            Reason::OutOfRange
+        );
+        // The offset counts: 2100-01-01T00:30+01:00 is 1999..2099 in UTC? No: 2099-12-31T23:30Z.
+        assert!(r("2100-01-01T00:30:00+01:00").is_ok());
+    }
+
+    #[test]
+    fn order_date_is_the_utc_date() {
+        let order = decode(
+            &with("created_at", serde_json::json!("2024-03-10T23:59:59-05:00")),
+            LIMIT,
+        )
+        .unwrap();
+        assert_eq!(
+            order.order_date(),
+            NaiveDate::from_ymd_opt(2024, 3, 11).unwrap()
+        );
+        assert_eq!(order.minute_ms() % 60_000, 0);
+        assert_eq!(
+            order.created_at().format("%H:%M:%S").to_string(),
+            "04:59:59"
+        );
+        assert_eq!(order.minute_ms(), order.created_at_ms - 59_000);
+    }
+}

@@ -1,0 +1,282 @@
+//! Telemetry: every metric name in one place, the Prometheus recorder and the operations HTTP
+//! port (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! Names follow `orderstream_<subsystem>_<name>_<unit>[_total]`; labels stay low-cardinality.
+//! Every counter is registered at zero for its known labels at startup, so dashboards see a
+//! series before the first event.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::kafka::AssignmentChange;
+use crate::order::Reason;
+
+pub const CONSUMER_RECORDS: &str = "orderstream_consumer_records_total";
+pub const CONSUMER_REBALANCES: &str = "orderstream_consumer_rebalances_total";
+pub const CONSUMER_PAUSED: &str = "orderstream_consumer_paused_partitions";
+pub const CONSUMER_COMMIT_FAILURES: &str = "orderstream_consumer_commit_failures_total";
+pub const BATCHES: &str = "orderstream_batcher_batches_total";
+pub const BATCH_SIZE: &str = "orderstream_batcher_batch_size_records";
+pub const IN_FLIGHT: &str = "orderstream_pipeline_batches_in_flight";
+pub const CASSANDRA_ROWS: &str = "orderstream_cassandra_rows_written_total";
+pub const CASSANDRA_RETRIES: &str = "orderstream_cassandra_retries_total";
+pub const CASSANDRA_LATENCY: &str = "orderstream_cassandra_batch_write_seconds";
+pub const MYSQL_TXNS: &str = "orderstream_mysql_transactions_total";
+pub const MYSQL_RETRIES: &str = "orderstream_mysql_retries_total";
+pub const MYSQL_LATENCY: &str = "orderstream_mysql_transaction_seconds";
+pub const MYSQL_ORDERS: &str = "orderstream_mysql_orders_applied_total";
+pub const MYSQL_REPLAYED: &str = "orderstream_mysql_records_replayed_total";
+pub const MYSQL_FENCED: &str = "orderstream_mysql_fenced_batches_total";
+pub const DEAD_LETTERS: &str = "orderstream_deadletter_records_total";
+pub const PRODUCER_ORDERS: &str = "orderstream_producer_orders_total";
+pub const PRODUCER_ERRORS: &str = "orderstream_producer_errors_total";
+pub const END_TO_END: &str = "orderstream_pipeline_end_to_end_latency_seconds";
+pub const RESTARTS: &str = "orderstream_supervisor_restarts_total";
+pub const ACTOR_UP: &str = "orderstream_actor_up";
+
+/// The data-path actors, as the `actor` label spells them.
+pub const ACTORS: [&str; 6] = [
+    "consumer",
+    "batcher",
+    "cassandra_writer",
+    "mysql_aggregator",
+    "dead_letters",
+    "producer",
+];
+
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const SIZE_BUCKETS: [f64; 10] = [
+    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+];
+
+/// Installs the recorder and describes every metric. Call once per process.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_records".into()), &SIZE_BUCKETS))
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(
+        CONSUMER_RECORDS,
+        "Records read from the orders topic, by partition."
+    );
+    describe_counter!(
+        CONSUMER_REBALANCES,
+        "Assignment changes seen by this member, by kind."
+    );
+    describe_gauge!(
+        CONSUMER_PAUSED,
+        "Partitions currently paused (backpressure or claim pending)."
+    );
+    describe_counter!(
+        CONSUMER_COMMIT_FAILURES,
+        "Failed Kafka offset commits (a hint only; the ledger is the truth)."
+    );
+    describe_counter!(BATCHES, "Micro-batches cut, by trigger.");
+    describe_histogram!(BATCH_SIZE, "Records per micro-batch.");
+    describe_gauge!(IN_FLIGHT, "Batches cut but not yet committed to MySQL.");
+    describe_counter!(
+        CASSANDRA_ROWS,
+        "Orders written to Cassandra (replays included)."
+    );
+    describe_counter!(
+        CASSANDRA_RETRIES,
+        "Cassandra inserts retried after an error."
+    );
+    describe_histogram!(
+        CASSANDRA_LATENCY,
+        Unit::Seconds,
+        "Time to write one batch's rows to Cassandra."
+    );
+    describe_counter!(MYSQL_TXNS, "Batch transactions, by outcome.");
+    describe_counter!(
+        MYSQL_RETRIES,
+        "Batch transactions retried after a transient error."
+    );
+    describe_histogram!(
+        MYSQL_LATENCY,
+        Unit::Seconds,
+        "Time of one batch transaction, retries included."
+    );
+    describe_counter!(MYSQL_ORDERS, "Orders folded into the aggregates.");
+    describe_counter!(
+        MYSQL_REPLAYED,
+        "Records skipped because the ledger was past them."
+    );
+    describe_counter!(
+        MYSQL_FENCED,
+        "Batches with records of a partition this instance no longer owns."
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        "Records published to the dead-letter topic, by reason."
+    );
+    describe_counter!(
+        PRODUCER_ORDERS,
+        "Simulated orders acknowledged by the broker."
+    );
+    describe_counter!(
+        PRODUCER_ERRORS,
+        "Simulated orders the broker failed to acknowledge."
+    );
+    describe_histogram!(
+        END_TO_END,
+        Unit::Seconds,
+        "From an order's created_at to its MySQL commit."
+    );
+    describe_counter!(
+        RESTARTS,
+        "Data-path restarts after an unexpected failure, by actor."
+    );
+    describe_gauge!(ACTOR_UP, "1 while the actor runs, by actor.");
+
+    for reason in Reason::ALL {
+        counter!(DEAD_LETTERS, "reason" => reason.as_str()).absolute(0);
+    }
+    for kind in ["assign", "revoke"] {
+        counter!(CONSUMER_REBALANCES, "kind" => kind).absolute(0);
+    }
+    for trigger in ["count", "bytes", "time", "drain"] {
+        counter!(BATCHES, "trigger" => trigger).absolute(0);
+    }
+    for outcome in ["committed", "empty"] {
+        counter!(MYSQL_TXNS, "outcome" => outcome).absolute(0);
+    }
+    for actor in ACTORS {
+        counter!(RESTARTS, "actor" => actor).absolute(0);
+    }
+    for name in [
+        CASSANDRA_ROWS,
+        CASSANDRA_RETRIES,
+        MYSQL_RETRIES,
+        MYSQL_ORDERS,
+        MYSQL_REPLAYED,
+        MYSQL_FENCED,
+        PRODUCER_ORDERS,
+        PRODUCER_ERRORS,
+        CONSUMER_COMMIT_FAILURES,
+    ] {
+        counter!(name).absolute(0);
+    }
+}
+
+pub fn rebalance(change: &AssignmentChange) {
+    let kind = match change {
+        AssignmentChange::Assigned(_) => "assign",
+        AssignmentChange::Revoked(_) => "revoke",
+    };
+    counter!(CONSUMER_REBALANCES, "kind" => kind).increment(1);
+}
+
+pub fn batch_cut(trigger: &'static str, records: usize) {
+    counter!(BATCHES, "trigger" => trigger).increment(1);
+    histogram!(BATCH_SIZE).record(records as f64);
+}
+
+pub fn dead_letter(reason: Reason) {
+    counter!(DEAD_LETTERS, "reason" => reason.as_str()).increment(1);
+}
+
+pub fn in_flight(n: usize) {
+    gauge!(IN_FLIGHT).set(n as f64);
+}
+
+pub fn actor_up(actor: &'static str, up: bool) {
+    gauge!(ACTOR_UP, "actor" => actor).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn seconds(name: &'static str, d: Duration) {
+    histogram!(name).record(d.as_secs_f64());
+}
+
+/// Health shared between the actors and the HTTP port.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Unix ms of the last sign of progress (a poll, a commit); `/healthz` fails when stale.
+    pub last_progress_ms: AtomicI64,
+    /// Group joined and stores reachable.
+    pub ready: AtomicBool,
+}
+
+impl Health {
+    pub fn progress(&self) {
+        self.last_progress_ms
+            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+    fn alive(&self, stale_after: Duration) -> bool {
+        let last = self.last_progress_ms.load(Ordering::Relaxed);
+        chrono::Utc::now().timestamp_millis() - last <= stale_after.as_millis() as i64
+    }
+}
+
+/// Serves the operations port until the process ends. A deliberately tiny HTTP/1.0 responder:
+/// three GET routes do not justify a web framework.
+pub async fn serve_http(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    health: Arc<Health>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "operations port listening");
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        let handle = handle.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await
+            {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let (status, content_type, body) = match path {
+                "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+                "/healthz" if health.alive(Duration::from_secs(30)) => {
+                    ("200 OK", "text/plain", "ok\n".into())
+                }
+                "/healthz" => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "no progress\n".into(),
+                ),
+                "/readyz" if health.ready.load(Ordering::Relaxed) => {
+                    ("200 OK", "text/plain", "ready\n".into())
+                }
+                "/readyz" => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "not ready\n".into(),
+                ),
+                _ => ("404 Not Found", "text/plain", "not found\n".into()),
+            };
+            let head = format!(
+                "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+        });
+    }
+}
