@@ -72,8 +72,10 @@ fn options(cfg: &MysqlConfig, with_database: bool) -> Result<MySqlConnectOptions
         .host(&cfg.host)
         .port(cfg.port)
         .username(&cfg.user)
-        .password(cfg.password.expose())
         .charset("utf8mb4");
+    if !cfg.password.expose().is_empty() {
+        options = options.password(cfg.password.expose());
+    }
     if with_database {
         options = options.database(&cfg.database);
     }
