@@ -67,6 +67,16 @@ impl MysqlError {
     }
 }
 
+/// The server's error number (`db.code()` is the SQLSTATE, which is too coarse).
+pub fn errno(err: &sqlx::Error) -> Option<u16> {
+    match err {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .map(|e| e.number()),
+        _ => None,
+    }
+}
+
 fn options(cfg: &MysqlConfig, with_database: bool) -> Result<MySqlConnectOptions, MysqlError> {
     let mut options = MySqlConnectOptions::from_str("mysql://localhost")?
         .host(&cfg.host)
@@ -109,11 +119,7 @@ pub async fn check_migrated(pool: &MySqlPool, cfg: &MysqlConfig) -> Result<(), M
         {
             Ok(v) => v,
             // 1146: table does not exist; 1049: unknown database.
-            Err(sqlx::Error::Database(db))
-                if matches!(db.code().as_deref(), Some("1146") | Some("1049")) =>
-            {
-                None
-            }
+            Err(e) if matches!(errno(&e), Some(1146 | 1049)) => None,
             Err(e) => return Err(e.into()),
         };
     if found != Some(SCHEMA_VERSION) {

@@ -1,0 +1,227 @@
+//! The MySQL side of the protocol on a real MariaDB: strict per-partition order when Cassandra
+//! writes finish out of order, replays, gaps and fencing.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use orderstream::actors::mysql_aggregator::{
+    BatchCommitted, BatchWritten, MysqlAggregator, NotifyConsumer,
+};
+use orderstream::actors::{ActorFailed, Flow};
+use orderstream::aggregate::Deltas;
+use orderstream::batch::{Batch, Content, Record};
+use orderstream::mysql;
+use orderstream::order::{Order, PaymentMethod};
+use orderstream::telemetry::Health;
+
+use crate::common::{self, Env};
+
+fn order(id: i64) -> Order {
+    Order {
+        order_id: id,
+        created_at_ms: 1_714_558_830_000 + id * 1_000,
+        platform_id: (id % 4) as i32 + 1,
+        product_id: (id % 20) as i32 + 1,
+        quantity: (id % 5) as i32 + 1,
+        customer_id: 7,
+        payment_method: PaymentMethod::CreditCard,
+    }
+}
+
+fn batch(seq: u64, partition: i32, epoch: i64, offsets: std::ops::Range<i64>) -> Batch {
+    let records: Vec<Record> = offsets
+        .map(|o| Record {
+            partition,
+            offset: o,
+            epoch,
+            bytes: 100,
+            content: Content::Valid(order(1_000 * i64::from(partition) + o)),
+        })
+        .collect();
+    Batch {
+        seq,
+        bytes: records.len() * 100,
+        records,
+        opened_at: Instant::now(),
+    }
+}
+
+/// Collects commit notices and failures in arrival order.
+#[derive(Default)]
+struct Recorder {
+    commits: Arc<Mutex<Vec<BatchCommitted>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+}
+impl Actor for Recorder {
+    type Context = Context<Self>;
+}
+impl Handler<BatchCommitted> for Recorder {
+    type Result = ();
+    fn handle(&mut self, msg: BatchCommitted, _: &mut Self::Context) {
+        self.commits.lock().unwrap().push(msg);
+    }
+}
+impl Handler<ActorFailed> for Recorder {
+    type Result = ();
+    fn handle(&mut self, msg: ActorFailed, _: &mut Self::Context) {
+        self.failures.lock().unwrap().push(msg.error);
+    }
+}
+
+#[actix::test]
+async fn out_of_order_writes_commit_in_offset_order() {
+    let _heavy = common::heavy();
+    let env = Env::start();
+    env.migrate(1);
+    let cfg = env.config(1);
+    let pool = env.mysql(1).await;
+    let topic = env.names.topic.clone();
+    let claim = mysql::claim(&pool, &topic, 0, "test", 0).await.unwrap();
+    assert_eq!(
+        (claim.epoch, claim.next_offset, claim.created),
+        (1, 0, true)
+    );
+
+    let commits = Arc::new(Mutex::new(Vec::new()));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let recorder = Recorder {
+        commits: commits.clone(),
+        failures: failures.clone(),
+    }
+    .start();
+    let flow = Arc::new(Flow::new(8));
+    for _ in 0..3 {
+        flow.started();
+    }
+    let aggregator = MysqlAggregator::new(
+        pool.clone(),
+        topic.clone(),
+        flow.clone(),
+        recorder.clone().recipient(),
+        Arc::new(Health::default()),
+        orderstream::app::backoff(&cfg),
+    )
+    .start();
+    aggregator
+        .send(NotifyConsumer(recorder.clone().recipient()))
+        .await
+        .unwrap();
+
+    let batches = [
+        batch(0, 0, 1, 0..10),
+        batch(1, 0, 1, 10..25),
+        batch(2, 0, 1, 25..30),
+    ];
+    // Cassandra finished batch 2 first, then 1: nothing may commit before batch 0.
+    aggregator
+        .send(BatchWritten(batches[2].clone()))
+        .await
+        .unwrap();
+    aggregator
+        .send(BatchWritten(batches[1].clone()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(commits.lock().unwrap().is_empty());
+    assert_eq!(mysql::read_ledger(&pool, &topic).await.unwrap()[&0], 0);
+
+    aggregator
+        .send(BatchWritten(batches[0].clone()))
+        .await
+        .unwrap();
+    common::eventually(Duration::from_secs(20), "three commits", || {
+        let n = commits.lock().unwrap().len();
+        async move { n == 3 }
+    })
+    .await;
+    let order_of_commits: Vec<Vec<(i32, i64)>> = commits
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.committed.clone())
+        .collect();
+    assert_eq!(
+        order_of_commits,
+        vec![vec![(0, 10)], vec![(0, 25)], vec![(0, 30)]]
+    );
+    assert_eq!(flow.in_flight(), 0);
+    assert!(failures.lock().unwrap().is_empty());
+
+    let all: Vec<Order> = batches
+        .iter()
+        .flat_map(|b| b.records.iter().filter_map(|r| r.order().cloned()))
+        .collect();
+    assert_eq!(
+        mysql::read_aggregates(&pool).await.unwrap(),
+        Deltas::fold(&all)
+    );
+    assert_eq!(mysql::read_ledger(&pool, &topic).await.unwrap()[&0], 30);
+}
+
+#[actix::test]
+async fn replays_gaps_and_fencing_change_nothing() {
+    let _heavy = common::heavy();
+    let env = Env::start();
+    env.migrate(2);
+    let pool = env.mysql(2).await;
+    let topic = env.names.topic.clone();
+    mysql::claim(&pool, &topic, 0, "a", 0).await.unwrap();
+    mysql::claim(&pool, &topic, 1, "a", 0).await.unwrap();
+
+    // A two-partition batch applies both.
+    let mut first = batch(0, 0, 1, 0..10);
+    first.records.extend(batch(0, 1, 1, 0..5).records);
+    let report = mysql::apply_batch(&pool, &topic, &first).await.unwrap();
+    assert_eq!(report.committed, vec![(0, 10), (1, 5)]);
+    assert_eq!(report.applied_orders, 15);
+    let after_first = mysql::read_aggregates(&pool).await.unwrap();
+
+    // The same batch again (a replay after a crash): nothing changes.
+    let report = mysql::apply_batch(&pool, &topic, &first).await.unwrap();
+    assert_eq!((report.applied_orders, report.replayed), (0, 15));
+    assert_eq!(mysql::read_aggregates(&pool).await.unwrap(), after_first);
+
+    // A batch overlapping the ledger applies only its new part.
+    let report = mysql::apply_batch(&pool, &topic, &batch(1, 0, 1, 5..15))
+        .await
+        .unwrap();
+    assert_eq!((report.applied_orders, report.replayed), (5, 5));
+    assert_eq!(report.committed, vec![(0, 15)]);
+
+    // A gap (ledger at 15, batch starts at 20): refused, reported, nothing applied.
+    let before = mysql::read_aggregates(&pool).await.unwrap();
+    let report = mysql::apply_batch(&pool, &topic, &batch(2, 0, 1, 20..30))
+        .await
+        .unwrap();
+    assert_eq!(report.gaps, vec![(0, 1)]);
+    assert!(report.committed.is_empty());
+    assert_eq!(mysql::read_aggregates(&pool).await.unwrap(), before);
+    assert_eq!(mysql::read_ledger(&pool, &topic).await.unwrap()[&0], 15);
+
+    // Another owner claims partition 1 (epoch 2): our epoch-1 records are fenced, while
+    // partition 0 in the same batch still applies.
+    let claim = mysql::claim(&pool, &topic, 1, "b", 0).await.unwrap();
+    assert_eq!(
+        (claim.epoch, claim.next_offset, claim.created),
+        (2, 5, false)
+    );
+    let mut mixed = batch(3, 0, 1, 15..18);
+    mixed.records.extend(batch(3, 1, 1, 5..9).records);
+    let report = mysql::apply_batch(&pool, &topic, &mixed).await.unwrap();
+    assert_eq!(report.fenced, vec![(1, 1)]);
+    assert_eq!(report.committed, vec![(0, 18)]);
+    assert_eq!(report.applied_orders, 3);
+    let ledger = mysql::read_ledger(&pool, &topic).await.unwrap();
+    assert_eq!((ledger[&0], ledger[&1]), (18, 5));
+
+    // Totals equal exactly the orders at offsets 0..18 of p0 and 0..5 of p1.
+    let expected: Vec<Order> = (0..18)
+        .map(|o| order(o))
+        .chain((0..5).map(|o| order(1_000 + o)))
+        .collect();
+    assert_eq!(
+        mysql::read_aggregates(&pool).await.unwrap(),
+        Deltas::fold(&expected)
+    );
+}

@@ -1,0 +1,582 @@
+//! Test harness: real servers on free loopback ports, stopped when the test ends.
+//!
+//! - Kafka protocol: the tansu broker with SQLite storage (`cargo install tansu --locked
+//!   --features libsql`);
+//! - CQL: `orderstream cql-emulator`, the kassandra emulator in its own process (production
+//!   uses Cassandra or ScyllaDB);
+//! - MySQL: a private MariaDB instance (`apt-get install mariadb-server`).
+//!
+//! A missing server fails the test with a message saying how to get it; nothing is skipped.
+//! Every test gets fresh topic, keyspace, database and group names.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use orderstream::config::Config;
+use orderstream::order::Order;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_orderstream");
+
+/// Heavy tests take this lock so that two of them never share the 2 cores.
+pub fn heavy() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before it listened on {port}: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not listen on {port} within {timeout:?}");
+}
+
+fn find_program(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(extra.iter().map(PathBuf::from));
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// A child process killed (SIGKILL) on drop.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Sends SIGTERM and waits; returns the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        self.signal("TERM");
+        self.wait(timeout)
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The tansu broker.
+pub struct Broker {
+    pub port: u16,
+    dir: PathBuf,
+    pub proc: Option<Proc>,
+}
+
+impl Broker {
+    pub fn start(root: &Path) -> Broker {
+        let dir = root.join("tansu");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = Broker {
+            port: free_port(),
+            dir,
+            proc: None,
+        };
+        b.restart();
+        b
+    }
+
+    pub fn restart(&mut self) {
+        let tansu = find_program("tansu", &[]).unwrap_or_else(|| {
+            panic!("tansu is not installed: run `cargo install tansu --locked --features libsql` (or .ci/run)")
+        });
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.join("tansu.log")).unwrap();
+        let mut child = Command::new(tansu)
+            .current_dir(&self.dir)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        wait_for_port(self.port, "tansu", &mut child, Duration::from_secs(30));
+        self.proc = Some(Proc {
+            name: "tansu".into(),
+            child,
+        });
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// The CQL emulator (its own process; state saved on SIGTERM).
+pub struct Cql {
+    pub port: u16,
+    state: PathBuf,
+    log: PathBuf,
+    pub proc: Option<Proc>,
+}
+
+impl Cql {
+    pub fn start(root: &Path) -> Cql {
+        let mut c = Cql {
+            port: free_port(),
+            state: root.join("cql.state"),
+            log: root.join("cql.log"),
+            proc: None,
+        };
+        c.restart();
+        c
+    }
+
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .args([
+                "cql-emulator",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--state",
+            ])
+            .arg(&self.state)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start cql emulator");
+        wait_for_port(
+            self.port,
+            "cql emulator",
+            &mut child,
+            Duration::from_secs(30),
+        );
+        self.proc = Some(Proc {
+            name: "cql".into(),
+            child,
+        });
+    }
+}
+
+/// A private MariaDB instance.
+pub struct Mariadb {
+    pub port: u16,
+    dir: PathBuf,
+    pub proc: Option<Proc>,
+}
+
+impl Mariadb {
+    pub fn start(root: &Path) -> Mariadb {
+        let dir = root.join("mariadb");
+        let install = find_program("mariadb-install-db", &["/usr/bin", "/usr/sbin"]).unwrap_or_else(|| {
+            panic!("MariaDB is not installed: run `apt-get install -y mariadb-server` (or .ci/run)")
+        });
+        let out = Command::new(install)
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .arg(format!("--datadir={}", dir.display()))
+            .output()
+            .expect("mariadb-install-db");
+        assert!(
+            out.status.success(),
+            "mariadb-install-db failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut m = Mariadb {
+            port: free_port(),
+            dir,
+            proc: None,
+        };
+        m.restart();
+        m
+    }
+
+    pub fn restart(&mut self) {
+        let server = find_program("mariadbd", &["/usr/sbin", "/usr/bin"]).expect("mariadbd");
+        let d = self.dir.display();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .unwrap();
+        let mut child = Command::new(server)
+            .args([
+                "--no-defaults".to_string(),
+                "--user=root".into(),
+                format!("--datadir={d}"),
+                format!("--port={}", self.port),
+                "--bind-address=127.0.0.1".into(),
+                format!("--socket={d}/sock"),
+                format!("--pid-file={d}/pid"),
+                "--skip-log-bin".into(),
+                "--skip-name-resolve".into(),
+                "--innodb-log-file-size=8M".into(),
+                "--innodb-buffer-pool-size=64M".into(),
+                "--max-connections=500".into(),
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start mariadbd");
+        wait_for_port(self.port, "mariadbd", &mut child, Duration::from_secs(30));
+        self.proc = Some(Proc {
+            name: "mariadb".into(),
+            child,
+        });
+    }
+}
+
+/// All three servers and a fresh set of names.
+pub struct Env {
+    pub root: tempfile::TempDir,
+    pub broker: Broker,
+    pub cql: Cql,
+    pub mariadb: Mariadb,
+    pub names: Names,
+    pub http_port: u16,
+}
+
+#[derive(Clone, Debug)]
+pub struct Names {
+    pub topic: String,
+    pub dlq: String,
+    pub keyspace: String,
+    pub database: String,
+    pub group: String,
+}
+
+impl Names {
+    pub fn fresh() -> Names {
+        let tag = format!("{:08x}", rand::random::<u32>());
+        Names {
+            topic: format!("orders_{tag}"),
+            dlq: format!("orders_{tag}.dlq"),
+            keyspace: format!("ks_{tag}"),
+            database: format!("db_{tag}"),
+            group: format!("g_{tag}"),
+        }
+    }
+}
+
+impl Env {
+    pub fn start() -> Env {
+        let root = tempfile::tempdir().unwrap();
+        let broker = Broker::start(root.path());
+        let cql = Cql::start(root.path());
+        let mariadb = Mariadb::start(root.path());
+        Env {
+            broker,
+            cql,
+            mariadb,
+            names: Names::fresh(),
+            http_port: free_port(),
+            root,
+        }
+    }
+
+    /// The environment variables that point an `orderstream` process at these servers.
+    pub fn vars(&self, partitions: i32) -> Vec<(String, String)> {
+        let n = &self.names;
+        [
+            ("KAFKA__BROKERS", self.broker.addr()),
+            ("KAFKA__TOPIC", n.topic.clone()),
+            ("KAFKA__DEAD_LETTER_TOPIC", n.dlq.clone()),
+            ("KAFKA__GROUP_ID", n.group.clone()),
+            ("KAFKA__PARTITIONS", partitions.to_string()),
+            ("KAFKA__SESSION_TIMEOUT_MS", "6000".into()),
+            (
+                "CASSANDRA__CONTACT_POINTS",
+                format!("[\"127.0.0.1:{}\"]", self.cql.port),
+            ),
+            ("CASSANDRA__KEYSPACE", n.keyspace.clone()),
+            ("CASSANDRA__AWAIT_SCHEMA_AGREEMENT", "false".into()),
+            ("MYSQL__PORT", self.mariadb.port.to_string()),
+            ("MYSQL__USER", "root".into()),
+            ("MYSQL__DATABASE", n.database.clone()),
+            ("HTTP__LISTEN", format!("127.0.0.1:{}", self.http_port)),
+            ("SUPERVISION__BACKOFF_MAX_MS", "1000".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("ORDERSTREAM__{k}"), v))
+        .collect()
+    }
+
+    /// The same settings as a `Config`, for checks made from the test itself.
+    pub fn config(&self, partitions: i32) -> Config {
+        Config::load(None, self.vars(partitions), &[]).unwrap()
+    }
+
+    /// Runs `orderstream ARGS` to completion; returns (exit code, stderr).
+    pub fn run_to_end(
+        &self,
+        partitions: i32,
+        args: &[&str],
+        timeout: Duration,
+    ) -> (Option<i32>, String) {
+        let err = self
+            .root
+            .path()
+            .join(format!("cmd-{}.log", rand::random::<u32>()));
+        let mut p = self.spawn_logged(partitions, args, &err);
+        let code = p.wait(timeout);
+        (code, std::fs::read_to_string(&err).unwrap_or_default())
+    }
+
+    /// Starts `orderstream ARGS` in the background, logging to a file in the test root.
+    pub fn spawn(&self, partitions: i32, args: &[&str]) -> Proc {
+        let log = self
+            .root
+            .path()
+            .join(format!("{}-{}.log", args[0], rand::random::<u32>()));
+        self.spawn_logged(partitions, args, &log)
+    }
+
+    fn spawn_logged(&self, partitions: i32, args: &[&str], log: &Path) -> Proc {
+        let file = std::fs::File::create(log).unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .envs(self.vars(partitions))
+            .env("RUST_LOG", "info,scylla=off,sqlx=warn,rdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start orderstream");
+        Proc {
+            name: args[0].to_string(),
+            child,
+        }
+    }
+
+    pub fn migrate(&self, partitions: i32) {
+        let (code, err) = self.run_to_end(partitions, &["migrate"], Duration::from_secs(120));
+        assert_eq!(code, Some(0), "migrate failed: {err}");
+    }
+
+    pub async fn mysql(&self, partitions: i32) -> sqlx::MySqlPool {
+        orderstream::mysql::connect(&self.config(partitions).mysql)
+            .await
+            .unwrap()
+    }
+}
+
+/// Every record of a topic from the beginning to its current end, per partition.
+pub struct TopicRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<TopicRecord> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{}", rand::random::<u32>()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let meta = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions: Vec<i32> = meta.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    let mut ends = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, *p, Duration::from_secs(10))
+            .unwrap();
+        if high > low {
+            ends.insert(*p, high);
+            tpl.add_partition_offset(topic, *p, Offset::Offset(low))
+                .unwrap();
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+    drop(tpl);
+    let mut out = Vec::new();
+    let mut done: BTreeMap<i32, bool> = ends.keys().map(|p| (*p, false)).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while done.values().any(|d| !d) {
+        assert!(Instant::now() < deadline, "reading {topic} timed out");
+        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let msg = msg.unwrap();
+        let mut headers = BTreeMap::new();
+        if let Some(h) = msg.headers() {
+            for header in h.iter() {
+                headers.insert(
+                    header.key.to_string(),
+                    String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        out.push(TopicRecord {
+            partition: msg.partition(),
+            offset: msg.offset(),
+            payload: msg.payload().unwrap_or_default().to_vec(),
+            headers,
+        });
+        if msg.offset() + 1 >= ends[&msg.partition()] {
+            done.insert(msg.partition(), true);
+        }
+    }
+    out
+}
+
+/// High watermark of every partition of a topic.
+pub fn log_ends(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let meta = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    meta.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            (
+                p.id(),
+                consumer
+                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                    .unwrap()
+                    .1,
+            )
+        })
+        .collect()
+}
+
+/// Offsets the group committed to Kafka.
+pub fn committed(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let result = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    let map = result
+        .elements()
+        .iter()
+        .map(|e| {
+            (
+                e.partition(),
+                match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => -1,
+                },
+            )
+        })
+        .collect();
+    drop(result);
+    map
+}
+
+/// The valid orders of a topic, decoded with the pipeline's own contract.
+pub fn valid_orders(records: &[TopicRecord]) -> Vec<Order> {
+    records
+        .iter()
+        .filter_map(|r| orderstream::order::decode(&r.payload, 64 * 1024).ok())
+        .collect()
+}
+
+/// Polls `check` until it returns true or the timeout passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Fetches /metrics from a running instance.
+pub fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}

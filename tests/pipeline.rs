@@ -1,0 +1,164 @@
+//! The whole data path end to end on real servers, with exact assertions.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use orderstream::aggregate::Deltas;
+use orderstream::cassandra::CassandraStore;
+use orderstream::mysql;
+
+use crate::common::{self, Env};
+
+/// Reads the p-quantile from a Prometheus histogram in a /metrics text (upper bucket bound).
+fn quantile(metrics: &str, name: &str, q: f64) -> Option<f64> {
+    let mut buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let count: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            Some((
+                if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                },
+                count,
+            ))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    buckets
+        .into_iter()
+        .find(|(_, c)| *c >= q * total)
+        .map(|(le, _)| le)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_thousand_orders_are_stored_exactly_once() {
+    let _heavy = common::heavy();
+    const PARTITIONS: i32 = 4;
+    const COUNT: usize = 20_000;
+    let env = Env::start();
+    env.migrate(PARTITIONS);
+    let cfg = env.config(PARTITIONS);
+
+    // The producer runs as its own process; "the produced orders" are what the topic holds.
+    let (code, err) = env.run_to_end(
+        PARTITIONS,
+        &["produce", "--count", "20000", "--rate", "20000"],
+        Duration::from_secs(180),
+    );
+    assert_eq!(code, Some(0), "produce failed: {err}");
+    let records = common::read_topic(&env.broker.addr(), &env.names.topic);
+    assert_eq!(records.len(), COUNT);
+    let produced = common::valid_orders(&records);
+    assert_eq!(produced.len(), COUNT, "every produced record is valid");
+    let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
+    assert_eq!(ends.len(), PARTITIONS as usize);
+    assert!(
+        ends.values().all(|e| *e > 0),
+        "orders spread over every partition: {ends:?}"
+    );
+
+    let pool = env.mysql(PARTITIONS).await;
+    let started = Instant::now();
+    let mut run = env.spawn(PARTITIONS, &["run"]);
+    let topic = env.names.topic.clone();
+    common::eventually(
+        Duration::from_secs(300),
+        "the ledger to reach the log end",
+        || {
+            let pool = pool.clone();
+            let topic = topic.clone();
+            let ends = ends.clone();
+            async move {
+                mysql::read_ledger(&pool, &topic)
+                    .await
+                    .map(|l| l == ends)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    let elapsed = started.elapsed();
+    let metrics = common::scrape(env.http_port);
+    let p50 = quantile(
+        &metrics,
+        "orderstream_pipeline_end_to_end_latency_seconds",
+        0.5,
+    );
+    let p99 = quantile(
+        &metrics,
+        "orderstream_pipeline_end_to_end_latency_seconds",
+        0.99,
+    );
+    let tx_p99 = quantile(&metrics, "orderstream_mysql_transaction_seconds", 0.99);
+    println!(
+        "FIGURES: {COUNT} orders drained from a backlog in {:.2} s = {:.0} orders/s (start-up and group join included); \
+         backlog end-to-end latency p50<={p50:?} s p99<={p99:?} s; mysql txn p99<={tx_p99:?} s",
+        elapsed.as_secs_f64(),
+        COUNT as f64 / elapsed.as_secs_f64()
+    );
+
+    // Graceful stop, then check everything at rest.
+    assert_eq!(
+        run.terminate(Duration::from_secs(30)),
+        Some(0),
+        "run must exit 0 on SIGTERM"
+    );
+
+    // Cassandra holds exactly the produced orders, field for field.
+    let store = CassandraStore::connect(&cfg.cassandra).await.unwrap();
+    let mut stored = store.read_all().await.unwrap();
+    stored.sort_by_key(|o| o.order_id);
+    let mut expected = produced.clone();
+    expected.sort_by_key(|o| o.order_id);
+    assert_eq!(stored.len(), COUNT);
+    assert!(
+        stored == expected,
+        "cassandra rows differ from the produced orders"
+    );
+
+    // Aggregates equal the sums recomputed from the orders, key by key.
+    let aggregates = mysql::read_aggregates(&pool).await.unwrap();
+    let recomputed = Deltas::fold(&produced);
+    assert_eq!(aggregates.daily, recomputed.daily);
+    assert_eq!(aggregates.per_minute, recomputed.per_minute);
+
+    // The ledger is at the log end, and Kafka's committed offsets agree with it.
+    let ledger = mysql::read_ledger(&pool, &env.names.topic).await.unwrap();
+    assert_eq!(ledger, ends);
+    let partitions: Vec<i32> = ends.keys().copied().collect();
+    let committed = common::committed(
+        &env.broker.addr(),
+        &env.names.group,
+        &env.names.topic,
+        &partitions,
+    );
+    assert_eq!(committed, ledger);
+
+    // Nothing was dead-lettered.
+    let dlq: BTreeMap<i32, i64> = common::log_ends(&env.broker.addr(), &env.names.dlq);
+    assert!(
+        dlq.values().all(|e| *e == 0),
+        "unexpected dead letters: {dlq:?}"
+    );
+
+    // The sales view sums to the recomputed totals of today's orders.
+    let today = chrono::Utc::now().date_naive();
+    let expected_orders: i64 = recomputed
+        .daily
+        .iter()
+        .filter(|((d, _, _), _)| *d == today)
+        .map(|(_, t)| t.order_count)
+        .sum();
+    let viewed: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(orders), 0) AS SIGNED) FROM sales_and_profit_today",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(viewed, expected_orders);
+}
