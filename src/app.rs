@@ -118,6 +118,7 @@ pub fn instance_name() -> String {
 
 fn start_http(cfg: &Config, health: Arc<Health>) -> anyhow::Result<()> {
     let handle = telemetry::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+    tokio::spawn(telemetry::sample_process());
     if cfg.http.listen.is_empty() {
         return Ok(());
     }

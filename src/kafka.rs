@@ -143,7 +143,18 @@ pub struct LedgerContext {
     pub changes: mpsc::Sender<AssignmentChange>,
 }
 
-impl ClientContext for LedgerContext {}
+impl ClientContext for LedgerContext {
+    /// librdkafka's statistics carry the consumer lag of every assigned partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(topic) = statistics.topics.get(&self.topic) {
+            for (partition, p) in &topic.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    crate::telemetry::consumer_lag(*partition, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for LedgerContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

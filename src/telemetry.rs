@@ -42,6 +42,9 @@ pub const PRODUCER_ERRORS: &str = "orderstream_producer_errors_total";
 pub const END_TO_END: &str = "orderstream_pipeline_end_to_end_latency_seconds";
 pub const RESTARTS: &str = "orderstream_supervisor_restarts_total";
 pub const ACTOR_UP: &str = "orderstream_actor_up";
+pub const CONSUMER_LAG: &str = "orderstream_consumer_lag_records";
+pub const PROCESS_MEMORY: &str = "orderstream_process_resident_memory_bytes";
+pub const PROCESS_CPU: &str = "orderstream_process_cpu_seconds_total";
 
 /// The data-path actors, as the `actor` label spells them.
 pub const ACTORS: [&str; 6] = [
@@ -146,6 +149,9 @@ fn describe() {
         "Data-path restarts after an unexpected failure, by actor."
     );
     describe_gauge!(ACTOR_UP, "1 while the actor runs, by actor.");
+    describe_gauge!(CONSUMER_LAG, "Records between the committed offset and the log end, by partition.");
+    describe_gauge!(PROCESS_MEMORY, Unit::Bytes, "Resident memory of this process.");
+    describe_counter!(PROCESS_CPU, Unit::Seconds, "CPU time (user + system) used by this process.");
 
     for reason in Reason::ALL {
         counter!(DEAD_LETTERS, "reason" => reason.as_str()).absolute(0);
@@ -183,6 +189,32 @@ pub fn rebalance(change: &AssignmentChange) {
         AssignmentChange::Revoked(_) => "revoke",
     };
     counter!(CONSUMER_REBALANCES, "kind" => kind).increment(1);
+}
+
+pub fn consumer_lag(partition: i32, lag: i64) {
+    gauge!(CONSUMER_LAG, "partition" => partition.to_string()).set(lag as f64);
+}
+
+/// Samples resident memory and CPU time from /proc every few seconds (Linux only; elsewhere the
+/// series stay absent).
+pub async fn sample_process() {
+    loop {
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+            if let Some(pages) = statm.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()) {
+                gauge!(PROCESS_MEMORY).set(pages * 4096.0);
+            }
+        }
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name (which may contain spaces): utime is the 14th
+            // field overall, stime the 15th, in clock ticks (100 per second on Linux).
+            if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+                counter!(PROCESS_CPU).absolute(ticks / 100);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 pub fn batch_cut(trigger: &'static str, records: usize) {

@@ -4,5 +4,7 @@
 mod common;
 
 mod aggregator;
+mod dead_letters;
 mod migrate;
 mod pipeline;
+mod recovery;

@@ -580,3 +580,35 @@ pub fn scrape(port: u16) -> String {
     s.read_to_string(&mut body).unwrap();
     body
 }
+
+/// Runs `promtool check metrics` on a scrape; panics with its complaints.
+pub fn promtool_check(metrics: &str) {
+    use std::io::Write;
+    let promtool = find_program("promtool", &["/usr/bin"])
+        .unwrap_or_else(|| panic!("promtool is not installed: run `apt-get install prometheus` (or .ci/run)"));
+    let body = metrics.split_once("\r\n\r\n").map_or(metrics, |(_, b)| b);
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The sum of every series of a metric in a scrape.
+pub fn metric_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

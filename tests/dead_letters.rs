@@ -1,0 +1,165 @@
+//! About 1% invalid records mixed into the topic: each lands in the dead-letter topic with its
+//! reason and source coordinates, the valid ones are exact, and no actor restarts.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use orderstream::aggregate::Deltas;
+use orderstream::cassandra::CassandraStore;
+use orderstream::mysql;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+use crate::common::{self, Env};
+
+fn invalid_payloads() -> Vec<(Vec<u8>, &'static str)> {
+    let valid = |field: &str, value: &str| {
+        let mut fields = BTreeMap::from([
+            ("order_id", "77".to_string()),
+            ("created_at", "\"2024-05-01T10:20:30Z\"".to_string()),
+            ("platform_id", "1".to_string()),
+            ("product_id", "2".to_string()),
+            ("quantity", "3".to_string()),
+            ("customer_id", "4".to_string()),
+            ("payment_method", "\"paypal\"".to_string()),
+        ]);
+        if value.is_empty() {
+            fields.remove(field);
+        } else {
+            fields.insert(field, value.to_string());
+        }
+        let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        format!("{{{}}}", body.join(",")).into_bytes()
+    };
+    let mut huge = valid("order_id", "78");
+    huge.pop();
+    huge.extend(std::iter::repeat_n(b' ', 70 * 1024));
+    huge.push(b'}');
+    vec![
+        (b"not json at all".to_vec(), "not_json"),
+        (b"[1,2,3]".to_vec(), "not_object"),
+        (valid("quantity", ""), "missing_field"),
+        (valid("customer_id", "\"4\""), "wrong_type"),
+        (valid("order_id", "12.5"), "wrong_type"),
+        (valid("quantity", "0"), "out_of_range"),
+        (valid("quantity", "10001"), "out_of_range"),
+        (valid("order_id", "-3"), "out_of_range"),
+        (valid("payment_method", "\"bitcoin\""), "unknown_payment_method"),
+        (valid("created_at", "\"1999-12-31T23:59:59Z\""), "out_of_range"),
+        (valid("created_at", "\"last tuesday\""), "bad_timestamp"),
+        (b"{\"order_id\": \"\xff\xfe\"}".to_vec(), "invalid_utf8"),
+        (huge, "too_large"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_records_are_dead_lettered_and_valid_ones_stay_exact() {
+    let _heavy = common::heavy();
+    const PARTITIONS: i32 = 3;
+    let env = Env::start();
+    env.migrate(PARTITIONS);
+    let cfg = env.config(PARTITIONS);
+
+    let (code, err) = env.run_to_end(PARTITIONS, &["produce", "--count", "5000", "--rate", "20000"], Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    // ~1%: every kind of invalid record, several times, spread over the partitions.
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", env.broker.addr()).create().unwrap();
+    let kinds = invalid_payloads();
+    for round in 0..4 {
+        for (i, (payload, _)) in kinds.iter().enumerate() {
+            let key = format!("bad-{round}-{i}");
+            producer
+                .send(FutureRecord::to(&env.names.topic).key(&key).payload(payload), Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+    }
+    let (code, err) = env.run_to_end(PARTITIONS, &["produce", "--count", "5000", "--rate", "20000"], Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+
+    let records = common::read_topic(&env.broker.addr(), &env.names.topic);
+    let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
+    let mut expected_dead: BTreeMap<(i32, i64), &'static str> = BTreeMap::new();
+    for r in &records {
+        if let Err(rejection) = orderstream::order::decode(&r.payload, 64 * 1024) {
+            expected_dead.insert((r.partition, r.offset), rejection.reason.as_str());
+        }
+    }
+    assert_eq!(expected_dead.len(), 4 * kinds.len());
+    // The test's own labels agree with the contract's classification.
+    let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+    for reason in expected_dead.values() {
+        *by_reason.entry(reason).or_default() += 1;
+    }
+    let mut labelled: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, reason) in &kinds {
+        *labelled.entry(reason).or_default() += 4;
+    }
+    assert_eq!(by_reason, labelled);
+
+    let pool = env.mysql(PARTITIONS).await;
+    let mut run = env.spawn(PARTITIONS, &["run"]);
+    let topic = env.names.topic.clone();
+    common::eventually(Duration::from_secs(300), "the ledger to reach the log end", || {
+        let (pool, topic, ends) = (pool.clone(), topic.clone(), ends.clone());
+        async move { mysql::read_ledger(&pool, &topic).await.map(|l| l == ends).unwrap_or(false) }
+    })
+    .await;
+    let metrics = common::scrape(env.http_port);
+    assert_eq!(run.terminate(Duration::from_secs(30)), Some(0));
+
+    // Dead letters: exactly the invalid records, by source partition and offset, with reasons.
+    let dead = common::read_topic(&env.broker.addr(), &env.names.dlq);
+    let mut got: BTreeMap<(i32, i64), String> = BTreeMap::new();
+    for d in &dead {
+        let p: i32 = d.headers["source_partition"].parse().unwrap();
+        let o: i64 = d.headers["source_offset"].parse().unwrap();
+        assert_eq!(d.headers["source_topic"], env.names.topic);
+        assert!(!d.headers["error_detail"].is_empty());
+        if d.headers["error"] == "too_large" {
+            assert_eq!(d.payload.len(), 64 * 1024, "truncated to the limit");
+            assert!(d.headers["original_length"].parse::<usize>().unwrap() > 64 * 1024);
+            assert_eq!(d.headers["original_fnv1a64"].len(), 16);
+        } else {
+            let source = records.iter().find(|r| r.partition == p && r.offset == o).unwrap();
+            assert_eq!(d.payload, source.payload, "payload carried unchanged");
+        }
+        got.insert((p, o), d.headers["error"].clone());
+    }
+    let expected: BTreeMap<(i32, i64), String> = expected_dead.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    assert_eq!(got, expected);
+    assert_eq!(dead.len(), expected.len(), "each invalid record dead-lettered once");
+
+    // The valid orders are exact in both stores.
+    let produced = common::valid_orders(&records);
+    assert_eq!(produced.len(), 10_000);
+    let store = CassandraStore::connect(&cfg.cassandra).await.unwrap();
+    let mut stored = store.read_all().await.unwrap();
+    stored.sort_by_key(|o| o.order_id);
+    let mut want = produced.clone();
+    want.sort_by_key(|o| o.order_id);
+    assert!(stored == want, "cassandra differs from the valid orders");
+    assert_eq!(mysql::read_aggregates(&pool).await.unwrap(), Deltas::fold(&produced));
+
+    // No actor restarted because of bad input.
+    for line in metrics.lines().filter(|l| l.starts_with("orderstream_supervisor_restarts_total")) {
+        assert!(line.ends_with(" 0"), "unexpected restart: {line}");
+    }
+    assert!(metrics.contains("orderstream_deadletter_records_total{reason=\"not_json\"} 4"), "{metrics}");
+
+    // The scrape is valid Prometheus text, and every data-path counter has moved.
+    common::promtool_check(&metrics);
+    for name in [
+        "orderstream_consumer_records_total",
+        "orderstream_batcher_batches_total",
+        "orderstream_cassandra_rows_written_total",
+        "orderstream_mysql_transactions_total",
+        "orderstream_mysql_orders_applied_total",
+        "orderstream_deadletter_records_total",
+        "orderstream_consumer_rebalances_total",
+    ] {
+        assert!(common::metric_sum(&metrics, name) > 0.0, "{name} did not move");
+    }
+    assert_eq!(common::metric_sum(&metrics, "orderstream_mysql_orders_applied_total"), 10_000.0);
+    assert_eq!(common::metric_sum(&metrics, "orderstream_deadletter_records_total"), expected.len() as f64);
+}
