@@ -50,7 +50,12 @@ pub fn consumer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set(
             "socket.timeout.ms",
             cfg.request_timeout_ms.max(1_000).to_string(),
-        );
+        )
+        // A fetch returns after at most 50 ms even when little data is waiting: freshness
+        // matters more here than the broker's request rate.
+        .set("fetch.wait.max.ms", "50")
+        // Statistics carry the consumer lag per partition (see LedgerContext::stats).
+        .set("statistics.interval.ms", "5000");
     c
 }
 

@@ -149,9 +149,20 @@ fn describe() {
         "Data-path restarts after an unexpected failure, by actor."
     );
     describe_gauge!(ACTOR_UP, "1 while the actor runs, by actor.");
-    describe_gauge!(CONSUMER_LAG, "Records between the committed offset and the log end, by partition.");
-    describe_gauge!(PROCESS_MEMORY, Unit::Bytes, "Resident memory of this process.");
-    describe_counter!(PROCESS_CPU, Unit::Seconds, "CPU time (user + system) used by this process.");
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Records between the committed offset and the log end, by partition."
+    );
+    describe_gauge!(
+        PROCESS_MEMORY,
+        Unit::Bytes,
+        "Resident memory of this process."
+    );
+    describe_counter!(
+        PROCESS_CPU,
+        Unit::Seconds,
+        "CPU time (user + system) used by this process."
+    );
 
     for reason in Reason::ALL {
         counter!(DEAD_LETTERS, "reason" => reason.as_str()).absolute(0);
@@ -200,7 +211,11 @@ pub fn consumer_lag(partition: i32, lag: i64) {
 pub async fn sample_process() {
     loop {
         if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-            if let Some(pages) = statm.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()) {
+            if let Some(pages) = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<f64>().ok())
+            {
                 gauge!(PROCESS_MEMORY).set(pages * 4096.0);
             }
         }
@@ -209,7 +224,10 @@ pub async fn sample_process() {
             // field overall, stime the 15th, in clock ticks (100 per second on Linux).
             if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
                 let fields: Vec<&str> = rest.split_whitespace().collect();
-                let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+                let ticks: u64 = [11, 12]
+                    .iter()
+                    .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+                    .sum();
                 counter!(PROCESS_CPU).absolute(ticks / 100);
             }
         }

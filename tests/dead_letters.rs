@@ -44,8 +44,14 @@ fn invalid_payloads() -> Vec<(Vec<u8>, &'static str)> {
         (valid("quantity", "0"), "out_of_range"),
         (valid("quantity", "10001"), "out_of_range"),
         (valid("order_id", "-3"), "out_of_range"),
-        (valid("payment_method", "\"bitcoin\""), "unknown_payment_method"),
-        (valid("created_at", "\"1999-12-31T23:59:59Z\""), "out_of_range"),
+        (
+            valid("payment_method", "\"bitcoin\""),
+            "unknown_payment_method",
+        ),
+        (
+            valid("created_at", "\"1999-12-31T23:59:59Z\""),
+            "out_of_range",
+        ),
         (valid("created_at", "\"last tuesday\""), "bad_timestamp"),
         (b"{\"order_id\": \"\xff\xfe\"}".to_vec(), "invalid_utf8"),
         (huge, "too_large"),
@@ -60,21 +66,37 @@ async fn invalid_records_are_dead_lettered_and_valid_ones_stay_exact() {
     env.migrate(PARTITIONS);
     let cfg = env.config(PARTITIONS);
 
-    let (code, err) = env.run_to_end(PARTITIONS, &["produce", "--count", "5000", "--rate", "20000"], Duration::from_secs(120));
+    let (code, err) = env.run_to_end(
+        PARTITIONS,
+        &["produce", "--count", "5000", "--rate", "20000"],
+        Duration::from_secs(120),
+    );
     assert_eq!(code, Some(0), "{err}");
     // ~1%: every kind of invalid record, several times, spread over the partitions.
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", env.broker.addr()).create().unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", env.broker.addr())
+        .create()
+        .unwrap();
     let kinds = invalid_payloads();
     for round in 0..4 {
         for (i, (payload, _)) in kinds.iter().enumerate() {
             let key = format!("bad-{round}-{i}");
             producer
-                .send(FutureRecord::to(&env.names.topic).key(&key).payload(payload), Duration::from_secs(10))
+                .send(
+                    FutureRecord::to(&env.names.topic)
+                        .key(&key)
+                        .payload(payload),
+                    Duration::from_secs(10),
+                )
                 .await
                 .unwrap();
         }
     }
-    let (code, err) = env.run_to_end(PARTITIONS, &["produce", "--count", "5000", "--rate", "20000"], Duration::from_secs(120));
+    let (code, err) = env.run_to_end(
+        PARTITIONS,
+        &["produce", "--count", "5000", "--rate", "20000"],
+        Duration::from_secs(120),
+    );
     assert_eq!(code, Some(0), "{err}");
 
     let records = common::read_topic(&env.broker.addr(), &env.names.topic);
@@ -100,10 +122,19 @@ async fn invalid_records_are_dead_lettered_and_valid_ones_stay_exact() {
     let pool = env.mysql(PARTITIONS).await;
     let mut run = env.spawn(PARTITIONS, &["run"]);
     let topic = env.names.topic.clone();
-    common::eventually(Duration::from_secs(300), "the ledger to reach the log end", || {
-        let (pool, topic, ends) = (pool.clone(), topic.clone(), ends.clone());
-        async move { mysql::read_ledger(&pool, &topic).await.map(|l| l == ends).unwrap_or(false) }
-    })
+    common::eventually(
+        Duration::from_secs(300),
+        "the ledger to reach the log end",
+        || {
+            let (pool, topic, ends) = (pool.clone(), topic.clone(), ends.clone());
+            async move {
+                mysql::read_ledger(&pool, &topic)
+                    .await
+                    .map(|l| l == ends)
+                    .unwrap_or(false)
+            }
+        },
+    )
     .await;
     let metrics = common::scrape(env.http_port);
     assert_eq!(run.terminate(Duration::from_secs(30)), Some(0));
@@ -121,14 +152,24 @@ async fn invalid_records_are_dead_lettered_and_valid_ones_stay_exact() {
             assert!(d.headers["original_length"].parse::<usize>().unwrap() > 64 * 1024);
             assert_eq!(d.headers["original_fnv1a64"].len(), 16);
         } else {
-            let source = records.iter().find(|r| r.partition == p && r.offset == o).unwrap();
+            let source = records
+                .iter()
+                .find(|r| r.partition == p && r.offset == o)
+                .unwrap();
             assert_eq!(d.payload, source.payload, "payload carried unchanged");
         }
         got.insert((p, o), d.headers["error"].clone());
     }
-    let expected: BTreeMap<(i32, i64), String> = expected_dead.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    let expected: BTreeMap<(i32, i64), String> = expected_dead
+        .iter()
+        .map(|(k, v)| (*k, v.to_string()))
+        .collect();
     assert_eq!(got, expected);
-    assert_eq!(dead.len(), expected.len(), "each invalid record dead-lettered once");
+    assert_eq!(
+        dead.len(),
+        expected.len(),
+        "each invalid record dead-lettered once"
+    );
 
     // The valid orders are exact in both stores.
     let produced = common::valid_orders(&records);
@@ -139,13 +180,22 @@ async fn invalid_records_are_dead_lettered_and_valid_ones_stay_exact() {
     let mut want = produced.clone();
     want.sort_by_key(|o| o.order_id);
     assert!(stored == want, "cassandra differs from the valid orders");
-    assert_eq!(mysql::read_aggregates(&pool).await.unwrap(), Deltas::fold(&produced));
+    assert_eq!(
+        mysql::read_aggregates(&pool).await.unwrap(),
+        Deltas::fold(&produced)
+    );
 
     // No actor restarted because of bad input.
-    for line in metrics.lines().filter(|l| l.starts_with("orderstream_supervisor_restarts_total")) {
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("orderstream_supervisor_restarts_total"))
+    {
         assert!(line.ends_with(" 0"), "unexpected restart: {line}");
     }
-    assert!(metrics.contains("orderstream_deadletter_records_total{reason=\"not_json\"} 4"), "{metrics}");
+    assert!(
+        metrics.contains("orderstream_deadletter_records_total{reason=\"not_json\"} 4"),
+        "{metrics}"
+    );
 
     // The scrape is valid Prometheus text, and every data-path counter has moved.
     common::promtool_check(&metrics);
@@ -158,8 +208,17 @@ async fn invalid_records_are_dead_lettered_and_valid_ones_stay_exact() {
         "orderstream_deadletter_records_total",
         "orderstream_consumer_rebalances_total",
     ] {
-        assert!(common::metric_sum(&metrics, name) > 0.0, "{name} did not move");
+        assert!(
+            common::metric_sum(&metrics, name) > 0.0,
+            "{name} did not move"
+        );
     }
-    assert_eq!(common::metric_sum(&metrics, "orderstream_mysql_orders_applied_total"), 10_000.0);
-    assert_eq!(common::metric_sum(&metrics, "orderstream_deadletter_records_total"), expected.len() as f64);
+    assert_eq!(
+        common::metric_sum(&metrics, "orderstream_mysql_orders_applied_total"),
+        10_000.0
+    );
+    assert_eq!(
+        common::metric_sum(&metrics, "orderstream_deadletter_records_total"),
+        expected.len() as f64
+    );
 }

@@ -17,7 +17,14 @@ fn buckets(metrics: &str, name: &str) -> Vec<(f64, f64)> {
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
             let count: f64 = l.rsplit(' ').next()?.parse().ok()?;
-            Some((if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? }, count))
+            Some((
+                if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                },
+                count,
+            ))
         })
         .collect();
     b.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -28,13 +35,22 @@ fn buckets(metrics: &str, name: &str) -> Vec<(f64, f64)> {
 fn quantile_between(before: &str, after: &str, name: &str, q: f64) -> Option<f64> {
     let b0 = buckets(before, name);
     let b1 = buckets(after, name);
-    let diff: Vec<(f64, f64)> =
-        b1.iter().map(|(le, c)| (*le, c - b0.iter().find(|(l, _)| l == le).map_or(0.0, |(_, c0)| *c0))).collect();
+    let diff: Vec<(f64, f64)> = b1
+        .iter()
+        .map(|(le, c)| {
+            (
+                *le,
+                c - b0.iter().find(|(l, _)| l == le).map_or(0.0, |(_, c0)| *c0),
+            )
+        })
+        .collect();
     let total = diff.last()?.1;
     if total <= 0.0 {
         return None;
     }
-    diff.into_iter().find(|(_, c)| *c >= q * total).map(|(le, _)| le)
+    diff.into_iter()
+        .find(|(_, c)| *c >= q * total)
+        .map(|(le, _)| le)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -48,17 +64,30 @@ async fn twenty_thousand_orders_are_stored_exactly_once() {
 
     // Phase 1, throughput: 15,000 orders wait in the topic before the pipeline starts. The
     // producer runs as its own process; "the produced orders" are what the topic holds.
-    let (code, err) = env.run_to_end(PARTITIONS, &["produce", "--count", "15000", "--rate", "20000"], Duration::from_secs(180));
+    let (code, err) = env.run_to_end(
+        PARTITIONS,
+        &["produce", "--count", "15000", "--rate", "20000"],
+        Duration::from_secs(180),
+    );
     assert_eq!(code, Some(0), "produce failed: {err}");
     let pool = env.mysql(PARTITIONS).await;
     let topic = env.names.topic.clone();
     let reached = |ends: std::collections::BTreeMap<i32, i64>| {
         let (pool, topic) = (pool.clone(), topic.clone());
         async move {
-            common::eventually(Duration::from_secs(300), "the ledger to reach the log end", || {
-                let (pool, topic, ends) = (pool.clone(), topic.clone(), ends.clone());
-                async move { mysql::read_ledger(&pool, &topic).await.map(|l| l == ends).unwrap_or(false) }
-            })
+            common::eventually(
+                Duration::from_secs(300),
+                "the ledger to reach the log end",
+                || {
+                    let (pool, topic, ends) = (pool.clone(), topic.clone(), ends.clone());
+                    async move {
+                        mysql::read_ledger(&pool, &topic)
+                            .await
+                            .map(|l| l == ends)
+                            .unwrap_or(false)
+                    }
+                },
+            )
             .await
         }
     };
@@ -69,7 +98,11 @@ async fn twenty_thousand_orders_are_stored_exactly_once() {
 
     // Phase 2, latency: 5,000 more at 2,500 orders/s while the pipeline runs.
     let before = common::scrape(env.http_port);
-    let (code, err) = env.run_to_end(PARTITIONS, &["produce", "--count", "5000", "--rate", "2500"], Duration::from_secs(180));
+    let (code, err) = env.run_to_end(
+        PARTITIONS,
+        &["produce", "--count", "5000", "--rate", "2500"],
+        Duration::from_secs(180),
+    );
     assert_eq!(code, Some(0), "produce failed: {err}");
     let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
     reached(ends.clone()).await;
@@ -90,7 +123,10 @@ async fn twenty_thousand_orders_are_stored_exactly_once() {
     let produced = common::valid_orders(&records);
     assert_eq!(produced.len(), COUNT, "every produced record is valid");
     assert_eq!(ends.len(), PARTITIONS as usize);
-    assert!(ends.values().all(|e| *e > 0), "orders spread over every partition: {ends:?}");
+    assert!(
+        ends.values().all(|e| *e > 0),
+        "orders spread over every partition: {ends:?}"
+    );
 
     // Graceful stop, then check everything at rest.
     assert_eq!(

@@ -10,7 +10,10 @@ use orderstream::mysql;
 use crate::common::{self, Env};
 
 async fn applied(pool: &sqlx::MySqlPool, topic: &str) -> i64 {
-    mysql::read_ledger(pool, topic).await.map(|l| l.values().sum()).unwrap_or(0)
+    mysql::read_ledger(pool, topic)
+        .await
+        .map(|l| l.values().sum())
+        .unwrap_or(0)
 }
 
 /// Everything at rest is exact: Cassandra rows, aggregates, ledger at the log end.
@@ -27,7 +30,10 @@ async fn assert_exact(env: &Env, partitions: i32, expected_count: usize) {
     assert_eq!(stored.len(), want.len());
     assert!(stored == want, "cassandra differs from the produced orders");
     let pool = env.mysql(partitions).await;
-    assert_eq!(mysql::read_aggregates(&pool).await.unwrap(), Deltas::fold(&produced));
+    assert_eq!(
+        mysql::read_aggregates(&pool).await.unwrap(),
+        Deltas::fold(&produced)
+    );
     assert_eq!(
         mysql::read_ledger(&pool, &env.names.topic).await.unwrap(),
         common::log_ends(&env.broker.addr(), &env.names.topic)
@@ -38,10 +44,19 @@ async fn wait_until_done(env: &Env, partitions: i32) {
     let pool = env.mysql(partitions).await;
     let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
     let topic = env.names.topic.clone();
-    common::eventually(Duration::from_secs(300), "the ledger to reach the log end", || {
-        let (pool, topic, ends) = (pool.clone(), topic.clone(), ends.clone());
-        async move { mysql::read_ledger(&pool, &topic).await.map(|l| l == ends).unwrap_or(false) }
-    })
+    common::eventually(
+        Duration::from_secs(300),
+        "the ledger to reach the log end",
+        || {
+            let (pool, topic, ends) = (pool.clone(), topic.clone(), ends.clone());
+            async move {
+                mysql::read_ledger(&pool, &topic)
+                    .await
+                    .map(|l| l == ends)
+                    .unwrap_or(false)
+            }
+        },
+    )
     .await;
 }
 
@@ -51,7 +66,11 @@ async fn sigkill_halfway_then_restart_is_exact() {
     const PARTITIONS: i32 = 3;
     let env = Env::start();
     env.migrate(PARTITIONS);
-    let (code, err) = env.run_to_end(PARTITIONS, &["produce", "--count", "20000", "--rate", "20000"], Duration::from_secs(180));
+    let (code, err) = env.run_to_end(
+        PARTITIONS,
+        &["produce", "--count", "20000", "--rate", "20000"],
+        Duration::from_secs(180),
+    );
     assert_eq!(code, Some(0), "{err}");
     let pool = env.mysql(PARTITIONS).await;
 
@@ -65,7 +84,10 @@ async fn sigkill_halfway_then_restart_is_exact() {
     .await;
     run.kill();
     let at_kill = applied(&pool, &topic).await;
-    assert!(at_kill < 20_000, "killed too late to test anything ({at_kill})");
+    assert!(
+        at_kill < 20_000,
+        "killed too late to test anything ({at_kill})"
+    );
 
     let mut again = env.spawn(PARTITIONS, &["--set", "pipeline.max_orders=200", "run"]);
     wait_until_done(&env, PARTITIONS).await;
@@ -83,7 +105,10 @@ async fn sigterm_under_load_drains_and_restart_counts_nothing_twice() {
     let pool = env.mysql(PARTITIONS).await;
     let topic = env.names.topic.clone();
 
-    let mut producer = env.spawn(PARTITIONS, &["produce", "--count", "15000", "--rate", "3000"]);
+    let mut producer = env.spawn(
+        PARTITIONS,
+        &["produce", "--count", "15000", "--rate", "3000"],
+    );
     let mut run = env.spawn(PARTITIONS, &["run"]);
     common::eventually(Duration::from_secs(120), "some progress", || {
         let (pool, topic) = (pool.clone(), topic.clone());
@@ -93,8 +118,15 @@ async fn sigterm_under_load_drains_and_restart_counts_nothing_twice() {
     let started = std::time::Instant::now();
     let code = run.terminate(Duration::from_secs(15));
     let drain = started.elapsed();
-    assert_eq!(code, Some(0), "SIGTERM must exit 0 within the drain timeout");
-    println!("FIGURES: SIGTERM under load exited 0 after {:.2} s", drain.as_secs_f64());
+    assert_eq!(
+        code,
+        Some(0),
+        "SIGTERM must exit 0 within the drain timeout"
+    );
+    println!(
+        "FIGURES: SIGTERM under load exited 0 after {:.2} s",
+        drain.as_secs_f64()
+    );
 
     let mut again = env.spawn(PARTITIONS, &["run"]);
     assert_eq!(producer.wait(Duration::from_secs(120)), Some(0));

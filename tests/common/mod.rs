@@ -584,8 +584,9 @@ pub fn scrape(port: u16) -> String {
 /// Runs `promtool check metrics` on a scrape; panics with its complaints.
 pub fn promtool_check(metrics: &str) {
     use std::io::Write;
-    let promtool = find_program("promtool", &["/usr/bin"])
-        .unwrap_or_else(|| panic!("promtool is not installed: run `apt-get install prometheus` (or .ci/run)"));
+    let promtool = find_program("promtool", &["/usr/bin"]).unwrap_or_else(|| {
+        panic!("promtool is not installed: run `apt-get install prometheus` (or .ci/run)")
+    });
     let body = metrics.split_once("\r\n\r\n").map_or(metrics, |(_, b)| b);
     let mut child = Command::new(promtool)
         .args(["check", "metrics"])
@@ -594,7 +595,12 @@ pub fn promtool_check(metrics: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -608,7 +614,10 @@ pub fn promtool_check(metrics: &str) {
 pub fn metric_sum(metrics: &str, name: &str) -> f64 {
     metrics
         .lines()
-        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
