@@ -178,8 +178,15 @@ impl ConsumerContext for LedgerContext {
         };
         crate::telemetry::rebalance(&change);
         // The channel is far larger than the number of rebalances between two polls.
-        if self.changes.try_send(change).is_err() {
-            tracing::error!("assignment change lost: actor mailbox full or closed");
+        match self.changes.try_send(change) {
+            Ok(()) => {}
+            // The actor is stopping: nothing left to claim for.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!("assignment change after stop")
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::error!("assignment change lost: actor mailbox full")
+            }
         }
     }
 }
