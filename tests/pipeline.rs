@@ -71,29 +71,10 @@ async fn twenty_thousand_orders_are_stored_exactly_once() {
     );
     assert_eq!(code, Some(0), "produce failed: {err}");
     let pool = env.mysql(PARTITIONS).await;
-    let topic = env.names.topic.clone();
-    let reached = |ends: std::collections::BTreeMap<i32, i64>| {
-        let (pool, topic) = (pool.clone(), topic.clone());
-        async move {
-            common::eventually(
-                Duration::from_secs(300),
-                "the ledger to reach the log end",
-                || {
-                    let (pool, topic, ends) = (pool.clone(), topic.clone(), ends.clone());
-                    async move {
-                        mysql::read_ledger(&pool, &topic)
-                            .await
-                            .map(|l| l == ends)
-                            .unwrap_or(false)
-                    }
-                },
-            )
-            .await
-        }
-    };
     let started = Instant::now();
     let mut run = env.spawn(PARTITIONS, &["run"]);
-    reached(common::log_ends(&env.broker.addr(), &env.names.topic)).await;
+    let backlog_ends = common::log_ends(&env.broker.addr(), &env.names.topic);
+    common::ledger_reaches(&pool, &env.names.topic, &backlog_ends).await;
     let drain = started.elapsed();
 
     // Phase 2, latency: 5,000 more at 2,500 orders/s while the pipeline runs.
@@ -105,7 +86,7 @@ async fn twenty_thousand_orders_are_stored_exactly_once() {
     );
     assert_eq!(code, Some(0), "produce failed: {err}");
     let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
-    reached(ends.clone()).await;
+    common::ledger_reaches(&pool, &env.names.topic, &ends).await;
     let after = common::scrape(env.http_port);
     let e2e = "orderstream_pipeline_end_to_end_latency_seconds";
     println!(

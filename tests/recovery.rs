@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use orderstream::aggregate::Deltas;
-use orderstream::cassandra::CassandraStore;
 use orderstream::mysql;
 
 use crate::common::{self, Env};
@@ -16,48 +14,10 @@ async fn applied(pool: &sqlx::MySqlPool, topic: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// Everything at rest is exact: Cassandra rows, aggregates, ledger at the log end.
-async fn assert_exact(env: &Env, partitions: i32, expected_count: usize) {
-    let cfg = env.config(partitions);
-    let records = common::read_topic(&env.broker.addr(), &env.names.topic);
-    let produced = common::valid_orders(&records);
-    assert_eq!(produced.len(), expected_count);
-    let store = CassandraStore::connect(&cfg.cassandra).await.unwrap();
-    let mut stored = store.read_all().await.unwrap();
-    stored.sort_by_key(|o| o.order_id);
-    let mut want = produced.clone();
-    want.sort_by_key(|o| o.order_id);
-    assert_eq!(stored.len(), want.len());
-    assert!(stored == want, "cassandra differs from the produced orders");
-    let pool = env.mysql(partitions).await;
-    assert_eq!(
-        mysql::read_aggregates(&pool).await.unwrap(),
-        Deltas::fold(&produced)
-    );
-    assert_eq!(
-        mysql::read_ledger(&pool, &env.names.topic).await.unwrap(),
-        common::log_ends(&env.broker.addr(), &env.names.topic)
-    );
-}
-
 async fn wait_until_done(env: &Env, partitions: i32) {
     let pool = env.mysql(partitions).await;
     let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
-    let topic = env.names.topic.clone();
-    common::eventually(
-        Duration::from_secs(300),
-        "the ledger to reach the log end",
-        || {
-            let (pool, topic, ends) = (pool.clone(), topic.clone(), ends.clone());
-            async move {
-                mysql::read_ledger(&pool, &topic)
-                    .await
-                    .map(|l| l == ends)
-                    .unwrap_or(false)
-            }
-        },
-    )
-    .await;
+    common::ledger_reaches(&pool, &env.names.topic, &ends).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -92,7 +52,7 @@ async fn sigkill_halfway_then_restart_is_exact() {
     let mut again = env.spawn(PARTITIONS, &["--set", "pipeline.max_orders=200", "run"]);
     wait_until_done(&env, PARTITIONS).await;
     assert_eq!(again.terminate(Duration::from_secs(30)), Some(0));
-    assert_exact(&env, PARTITIONS, 20_000).await;
+    common::assert_stores_exact(&env, PARTITIONS, 20_000).await;
     println!("FIGURES: sigkill at {at_kill}/20000 applied; restart completed exactly");
 }
 
@@ -132,5 +92,5 @@ async fn sigterm_under_load_drains_and_restart_counts_nothing_twice() {
     assert_eq!(producer.wait(Duration::from_secs(120)), Some(0));
     wait_until_done(&env, PARTITIONS).await;
     assert_eq!(again.terminate(Duration::from_secs(30)), Some(0));
-    assert_exact(&env, PARTITIONS, 15_000).await;
+    common::assert_stores_exact(&env, PARTITIONS, 15_000).await;
 }

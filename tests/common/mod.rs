@@ -621,3 +621,52 @@ pub fn metric_sum(metrics: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Waits until the MySQL ledger of the test's topic equals `ends` (partition → log end).
+pub async fn ledger_reaches(pool: &sqlx::MySqlPool, topic: &str, ends: &BTreeMap<i32, i64>) {
+    eventually(
+        Duration::from_secs(300),
+        "the ledger to reach the log end",
+        || async {
+            orderstream::mysql::read_ledger(pool, topic)
+                .await
+                .map(|l| &l == ends)
+                .unwrap_or(false)
+        },
+    )
+    .await;
+}
+
+/// Everything at rest is exact against the topic: Cassandra holds exactly its valid orders,
+/// field for field; the aggregates equal the sums recomputed from them; the ledger is at the
+/// log end. Returns the valid orders.
+pub async fn assert_stores_exact(env: &Env, partitions: i32, expected_valid: usize) -> Vec<Order> {
+    let cfg = env.config(partitions);
+    let records = read_topic(&env.broker.addr(), &env.names.topic);
+    let produced = valid_orders(&records);
+    assert_eq!(produced.len(), expected_valid, "valid orders in the topic");
+    let store = orderstream::cassandra::CassandraStore::connect(&cfg.cassandra)
+        .await
+        .unwrap();
+    let mut stored = store.read_all().await.unwrap();
+    stored.sort_by_key(|o| o.order_id);
+    let mut want = produced.clone();
+    want.sort_by_key(|o| o.order_id);
+    assert_eq!(stored.len(), want.len(), "cassandra row count");
+    assert!(
+        stored == want,
+        "cassandra rows differ from the produced orders"
+    );
+    let pool = env.mysql(partitions).await;
+    let aggregates = orderstream::mysql::read_aggregates(&pool).await.unwrap();
+    let recomputed = orderstream::aggregate::Deltas::fold(&produced);
+    assert_eq!(aggregates.daily, recomputed.daily);
+    assert_eq!(aggregates.per_minute, recomputed.per_minute);
+    assert_eq!(
+        orderstream::mysql::read_ledger(&pool, &env.names.topic)
+            .await
+            .unwrap(),
+        log_ends(&env.broker.addr(), &env.names.topic)
+    );
+    produced
+}
