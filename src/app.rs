@@ -116,18 +116,20 @@ pub fn instance_name() -> String {
     )
 }
 
-fn start_http(cfg: &Config, health: Arc<Health>) -> anyhow::Result<()> {
+/// Binds the operations port before anything else starts: a port in use stops startup with a
+/// message naming `http.listen`, instead of a process that runs without its health checks.
+async fn start_http(cfg: &Config, health: Arc<Health>) -> anyhow::Result<()> {
     let handle = telemetry::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     tokio::spawn(telemetry::sample_process());
     if cfg.http.listen.is_empty() {
         return Ok(());
     }
     let addr: SocketAddr = cfg.http.listen.parse()?;
-    tokio::spawn(async move {
-        if let Err(e) = telemetry::serve_http(addr, handle, health).await {
-            tracing::error!(error = %e, "operations port failed");
-        }
-    });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("http.listen = {addr}: cannot listen: {e}"))?;
+    tracing::info!(%addr, "operations port listening");
+    tokio::spawn(telemetry::serve_http(listener, handle, health));
     Ok(())
 }
 
@@ -156,7 +158,7 @@ pub async fn run(
     let cfg = Arc::new(cfg);
     let health = Arc::new(Health::default());
     health.progress();
-    start_http(&cfg, health.clone())?;
+    start_http(&cfg, health.clone()).await?;
     if migrate_first {
         migrate(&cfg).await?;
     }
@@ -187,7 +189,7 @@ pub async fn run(
 /// `produce`: the producer alone; with a count, exits 0 once every order is acknowledged.
 pub async fn produce(cfg: Config, rate: u32, count: u64) -> anyhow::Result<i32> {
     let health = Arc::new(Health::default());
-    start_http(&cfg, health)?;
+    start_http(&cfg, health).await?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let producer = start_producer(&cfg, rate, count, Some(tx))?;
     tokio::select! {

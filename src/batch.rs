@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::order::{Order, Rejection};
+use crate::order::{Order, Reason, Rejection};
 
 /// What a record turned out to be.
 #[derive(Debug, Clone)]
@@ -36,6 +36,18 @@ impl Record {
         match &self.content {
             Content::Valid(order) => Some(order),
             Content::Invalid { .. } => None,
+        }
+    }
+
+    /// Turns an order a store refused into an invalid record (DESIGN rule 10). Valid records do
+    /// not keep their original bytes, so the dead letter carries the order re-encoded.
+    pub fn reject(&mut self, reason: Reason, detail: String) {
+        if let Content::Valid(order) = &self.content {
+            let payload = order.to_json();
+            self.content = Content::Invalid {
+                rejection: Rejection { reason, detail },
+                payload,
+            };
         }
     }
 }
@@ -123,7 +135,6 @@ impl BatchCutter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::order::{Reason, Rejection};
 
     fn rec(offset: i64, bytes: usize) -> Record {
         Record {

@@ -62,6 +62,7 @@ pub fn parse_consistency(name: &str) -> Option<Consistency> {
 pub struct CassandraStore {
     session: Session,
     insert: PreparedStatement,
+    delete: PreparedStatement,
     keyspace: String,
 }
 
@@ -104,9 +105,18 @@ impl CassandraStore {
             .await
             .map_err(|e| CassandraError::Request(e.to_string()))?;
         insert.set_is_idempotent(true);
+        let mut delete = session
+            .prepare(format!(
+                "DELETE FROM {}.orders WHERE order_id = ?",
+                cfg.keyspace
+            ))
+            .await
+            .map_err(|e| CassandraError::Request(e.to_string()))?;
+        delete.set_is_idempotent(true);
         Ok(Self {
             session,
             insert,
+            delete,
             keyspace: cfg.keyspace.clone(),
         })
     }
@@ -124,6 +134,16 @@ impl CassandraStore {
         );
         self.session
             .execute_unpaged(&self.insert, values)
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    /// Removes one order: the compensation when MySQL refuses an order that Cassandra already
+    /// holds (DESIGN rule 10), so a dead-lettered record is in neither store. Safe to repeat.
+    pub async fn delete(&self, order_id: i64) -> Result<(), CassandraError> {
+        self.session
+            .execute_unpaged(&self.delete, (order_id,))
             .await
             .map(|_| ())
             .map_err(classify)

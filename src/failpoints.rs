@@ -1,22 +1,40 @@
 //! Fault-injection points for the chaos tests, compiled only with the `failpoints` feature.
 //!
-//! `ORDERSTREAM_FAILPOINTS="name=exit@N"` makes the process exit abruptly (as SIGKILL would:
-//! no drain, no flush) the N-th time the named point is reached. Release builds leave the
-//! feature out, so the points cost nothing there.
+//! `ORDERSTREAM_FAILPOINTS` holds comma-separated `name=action` items:
+//! - `exit@N`: the process exits abruptly (as SIGKILL would: no drain, no flush) the N-th time
+//!   the named point is reached (`hit`);
+//! - `fail_while:PATH`: the named operation fails while the file PATH exists (`failing`). This
+//!   stands in for faults the test servers cannot produce selectively (tansu 0.6 cannot delete
+//!   one topic without losing the others, say); the test removes the file to end the fault.
+//!
+//! Release builds leave the feature out, so the points cost nothing there.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-fn plan() -> &'static HashMap<String, (AtomicU64, u64)> {
-    static PLAN: OnceLock<HashMap<String, (AtomicU64, u64)>> = OnceLock::new();
+enum Action {
+    ExitAt { count: AtomicU64, at: u64 },
+    FailWhile(PathBuf),
+}
+
+fn plan() -> &'static HashMap<String, Action> {
+    static PLAN: OnceLock<HashMap<String, Action>> = OnceLock::new();
     PLAN.get_or_init(|| {
         let spec = std::env::var("ORDERSTREAM_FAILPOINTS").unwrap_or_default();
         spec.split(',')
             .filter_map(|item| {
                 let (name, action) = item.split_once('=')?;
-                let n = action.strip_prefix("exit@")?.parse().ok()?;
-                Some((name.trim().to_owned(), (AtomicU64::new(0), n)))
+                let action = if let Some(n) = action.strip_prefix("exit@") {
+                    Action::ExitAt {
+                        count: AtomicU64::new(0),
+                        at: n.parse().ok()?,
+                    }
+                } else {
+                    Action::FailWhile(PathBuf::from(action.strip_prefix("fail_while:")?))
+                };
+                Some((name.trim().to_owned(), action))
             })
             .collect()
     })
@@ -24,10 +42,15 @@ fn plan() -> &'static HashMap<String, (AtomicU64, u64)> {
 
 /// Marks a point; exits the process when the plan says so.
 pub fn hit(name: &str) {
-    if let Some((count, at)) = plan().get(name) {
+    if let Some(Action::ExitAt { count, at }) = plan().get(name) {
         if count.fetch_add(1, Ordering::SeqCst) + 1 == *at {
             eprintln!("failpoint {name} reached: exiting abruptly");
             std::process::exit(137);
         }
     }
+}
+
+/// Whether the named operation must fail now.
+pub fn failing(name: &str) -> bool {
+    matches!(plan().get(name), Some(Action::FailWhile(path)) if path.exists())
 }

@@ -21,9 +21,9 @@
 //! - `aggregate`   — folding orders into aggregate deltas
 //! - `kafka`       — client settings, topic admin, the rebalance hook
 //! - `cassandra`   — CQL session, schema, idempotent insert, paged read-back
-//! - `mysql`       — schema, the offset ledger and the batch transaction
-//! - `actors/`     — one file per actor: consumer, batcher, cassandra_writer, mysql_aggregator,
-//!                   dead_letters, producer
+//! - `mysql`       — schema, the offset ledger, the batch transaction, rejection bisection
+//! - `actors/`     — one file per actor: consumer, batcher, cassandra_writer,
+//!   mysql_aggregator, dead_letters, producer
 //! - `supervisor`  — builds the data path, restarts it as a unit, drains on shutdown
 //! - `simulation`  — simulated orders and unique order ids
 //! - `telemetry`   — metric names, the Prometheus recorder, /metrics /healthz /readyz

@@ -44,13 +44,13 @@ impl MysqlError {
     /// Retry (connection trouble, deadlock, lock wait) or not (a bug or refused data).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Sql(sqlx::Error::Database(db)) => {
+            Self::Sql(e @ sqlx::Error::Database(db)) => {
                 // 1205 lock wait timeout, 1213 deadlock, 2006/2013 server gone / lost,
-                // 1927 connection killed, 1053 server shutdown, 1040 too many connections.
-                let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+                // 1927 connection killed, 1053 server shutdown, 1040 too many connections,
+                // 1290 read-only (a failover in progress).
                 matches!(
-                    code.as_str(),
-                    "1205" | "1213" | "2006" | "2013" | "1927" | "1053" | "1040"
+                    errno(e),
+                    Some(1205 | 1213 | 2006 | 2013 | 1927 | 1053 | 1040 | 1290)
                 ) || db.message().contains("try restarting transaction")
             }
             Self::Sql(
@@ -63,6 +63,21 @@ impl MysqlError {
             ) => true,
             Self::Sql(_) => false,
             Self::NotMigrated { .. } | Self::LockTimeout => false,
+        }
+    }
+
+    /// The server refused the data itself (a value out of a column's range, a constraint):
+    /// retrying cannot help, the offending record is dead-lettered instead (DESIGN rule 10).
+    pub fn is_data_rejection(&self) -> bool {
+        // 1048 NULL in NOT NULL, 1264 out of range, 1292 bad datetime, 1366 bad value,
+        // 1406 too long, 1452 foreign key, 1644 SIGNAL from a trigger, 1690 arithmetic out of
+        // range, 3819 CHECK violated (MySQL), 4025 CONSTRAINT failed (MariaDB).
+        match self {
+            Self::Sql(e) => matches!(
+                errno(e),
+                Some(1048 | 1264 | 1292 | 1366 | 1406 | 1452 | 1644 | 1690 | 3819 | 4025)
+            ),
+            _ => false,
         }
     }
 }
@@ -272,31 +287,32 @@ struct LedgerRow {
     epoch: i64,
 }
 
-/// Applies a batch in one transaction (DESIGN rule 4). The caller retries transient errors.
-pub async fn apply_batch(
-    pool: &MySqlPool,
-    topic: &str,
-    batch: &Batch,
-) -> Result<ApplyReport, MysqlError> {
-    let partitions: BTreeSet<i32> = batch.records.iter().map(|r| r.partition).collect();
-    let mut report = ApplyReport::default();
-    if partitions.is_empty() {
-        return Ok(report);
-    }
-    let mut tx = pool.begin().await?;
+/// What a batch may change, decided against the locked ledger rows.
+struct Plan {
+    /// Partitions whose ledger advances, with their new next offset.
+    advance: BTreeMap<i32, i64>,
+    /// Indices (in batch order) of the valid orders between the ledger and `advance`.
+    applicable: Vec<usize>,
+    report: ApplyReport,
+}
 
-    // Lock the ledger rows in partition order (the PK scan order of IN).
+/// Locks the ledger rows of `partitions` in partition order (the PK scan order of IN).
+async fn lock_ledger(
+    tx: &mut sqlx::Transaction<'_, MySql>,
+    topic: &str,
+    partitions: &BTreeSet<i32>,
+) -> Result<BTreeMap<i32, LedgerRow>, MysqlError> {
     let mut select = QueryBuilder::<MySql>::new(
         "SELECT partition_id, next_offset, owner_epoch FROM consumer_offsets WHERE topic = ",
     );
     select.push_bind(topic).push(" AND partition_id IN (");
     let mut list = select.separated(", ");
-    for p in &partitions {
+    for p in partitions {
         list.push_bind(*p);
     }
     select.push(") ORDER BY partition_id FOR UPDATE");
     let mut ledger = BTreeMap::new();
-    for row in select.build().fetch_all(&mut *tx).await? {
+    for row in select.build().fetch_all(&mut **tx).await? {
         let p: i32 = row.try_get(0)?;
         ledger.insert(
             p,
@@ -306,7 +322,12 @@ pub async fn apply_batch(
             },
         );
     }
+    Ok(ledger)
+}
 
+/// Drops replays and fenced records, stops each partition at its first hole (DESIGN rule 4).
+fn plan(ledger: &BTreeMap<i32, LedgerRow>, batch: &Batch) -> Plan {
+    let mut report = ApplyReport::default();
     // Pass 1: per partition, how far this batch continues the ledger without a hole.
     let mut advance: BTreeMap<i32, i64> = BTreeMap::new();
     let mut blocked: BTreeSet<i32> = BTreeSet::new();
@@ -339,26 +360,62 @@ pub async fn apply_batch(
             report.gaps.push((p, record.epoch));
         }
     }
-    // Pass 2: fold exactly the records between the ledger and the new position.
-    let mut deltas = Deltas::default();
-    for record in &batch.records {
-        let (Some(row), Some(next)) = (
-            ledger.get(&record.partition),
-            advance.get(&record.partition),
-        ) else {
-            continue;
-        };
-        if record.epoch == row.epoch && (row.next_offset..*next).contains(&record.offset) {
-            if let Some(order) = record.order() {
-                deltas.add(order);
-                report.applied_created_at_ms.push(order.created_at_ms);
+    // Pass 2: exactly the valid orders between the ledger and the new position.
+    let applicable = batch
+        .records
+        .iter()
+        .enumerate()
+        .filter(|(_, record)| {
+            match (
+                ledger.get(&record.partition),
+                advance.get(&record.partition),
+            ) {
+                (Some(row), Some(next)) => {
+                    record.epoch == row.epoch
+                        && (row.next_offset..*next).contains(&record.offset)
+                        && record.order().is_some()
+                }
+                _ => false,
             }
-        }
+        })
+        .map(|(i, _)| i)
+        .collect();
+    Plan {
+        advance,
+        applicable,
+        report,
     }
-    report.applied_orders = report.applied_created_at_ms.len();
+}
 
-    upsert_daily(&mut tx, &deltas.daily).await?;
-    upsert_minutes(&mut tx, &deltas.per_minute).await?;
+fn fold(batch: &Batch, indices: &[usize]) -> Deltas {
+    Deltas::fold(indices.iter().filter_map(|i| batch.records[*i].order()))
+}
+
+/// Applies a batch in one transaction (DESIGN rule 4). The caller retries transient errors.
+pub async fn apply_batch(
+    pool: &MySqlPool,
+    topic: &str,
+    batch: &Batch,
+) -> Result<ApplyReport, MysqlError> {
+    let partitions: BTreeSet<i32> = batch.records.iter().map(|r| r.partition).collect();
+    if partitions.is_empty() {
+        return Ok(ApplyReport::default());
+    }
+    let mut tx = pool.begin().await?;
+    let ledger = lock_ledger(&mut tx, topic, &partitions).await?;
+    let Plan {
+        advance,
+        applicable,
+        mut report,
+    } = plan(&ledger, batch);
+    report.applied_created_at_ms = applicable
+        .iter()
+        .filter_map(|i| batch.records[*i].order())
+        .map(|o| o.created_at_ms)
+        .collect();
+    report.applied_orders = applicable.len();
+
+    write_deltas(&mut tx, &fold(batch, &applicable)).await?;
     for (p, next) in &advance {
         sqlx::query(
             "UPDATE consumer_offsets SET next_offset = ?, updated_at = CURRENT_TIMESTAMP(3) \
@@ -375,42 +432,91 @@ pub async fn apply_batch(
     Ok(report)
 }
 
-async fn upsert_daily(
-    tx: &mut sqlx::Transaction<'_, MySql>,
-    rows: &BTreeMap<crate::aggregate::DailyKey, Totals>,
-) -> Result<(), MysqlError> {
-    let rows: Vec<_> = rows.iter().collect();
-    for chunk in rows.chunks(UPSERT_CHUNK) {
-        let mut q = QueryBuilder::<MySql>::new(
-            "INSERT INTO aggregated_sales (order_date, platform_id, product_id, order_count, total_quantity) ",
-        );
-        q.push_values(chunk, |mut b, ((date, platform, product), t)| {
-            b.push_bind(*date)
-                .push_bind(*platform)
-                .push_bind(*product)
-                .push_bind(t.order_count)
-                .push_bind(t.total_quantity);
-        });
-        q.push(
-            " ON DUPLICATE KEY UPDATE order_count = order_count + VALUES(order_count), \
-             total_quantity = total_quantity + VALUES(total_quantity)",
-        );
-        q.build().execute(&mut **tx).await?;
+/// Finds the orders of a batch that MySQL refuses for their data (DESIGN rule 10), after
+/// `apply_batch` failed with a data rejection. Returns (record index, the server's message).
+///
+/// Works in one transaction that changes nothing: under the ledger locks, each probe writes the
+/// deltas of a prefix of the applicable orders inside a savepoint and rolls back to it. A binary
+/// search finds the shortest failing prefix; its last order is the offender (for constraints on
+/// cumulative values, it is the order that crossed the line). The offender is set aside and the
+/// search repeats until the rest goes through: O(offenders × log n) probes, all rolled back.
+pub async fn find_rejected(
+    pool: &MySqlPool,
+    topic: &str,
+    batch: &Batch,
+) -> Result<Vec<(usize, String)>, MysqlError> {
+    let partitions: BTreeSet<i32> = batch.records.iter().map(|r| r.partition).collect();
+    if partitions.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(())
+    let mut tx = pool.begin().await?;
+    let ledger = lock_ledger(&mut tx, topic, &partitions).await?;
+    let mut candidates = plan(&ledger, batch).applicable;
+    let mut rejected = Vec::new();
+    while let Some(mut error) = probe(&mut tx, batch, &candidates).await? {
+        // Invariant: the prefix of length `good` passes, the one of length `bad` fails.
+        let (mut good, mut bad) = (0, candidates.len());
+        while bad - good > 1 {
+            let mid = good + (bad - good) / 2;
+            match probe(&mut tx, batch, &candidates[..mid]).await? {
+                Some(e) => {
+                    bad = mid;
+                    error = e;
+                }
+                None => good = mid,
+            }
+        }
+        rejected.push((candidates.remove(bad - 1), error));
+    }
+    tx.rollback().await?;
+    Ok(rejected)
 }
 
-async fn upsert_minutes(
+/// Writes the deltas of `indices` and undoes them: `Some(message)` when MySQL refuses the data.
+async fn probe(
     tx: &mut sqlx::Transaction<'_, MySql>,
-    rows: &BTreeMap<crate::aggregate::MinuteKey, Totals>,
+    batch: &Batch,
+    indices: &[usize],
+) -> Result<Option<String>, MysqlError> {
+    sqlx::raw_sql("SAVEPOINT probe").execute(&mut **tx).await?;
+    let outcome = write_deltas(tx, &fold(batch, indices)).await;
+    // A failed statement is rolled back on its own; the savepoint undoes the ones before it.
+    sqlx::raw_sql("ROLLBACK TO SAVEPOINT probe")
+        .execute(&mut **tx)
+        .await?;
+    match outcome {
+        Ok(()) => Ok(None),
+        Err(e) if e.is_data_rejection() => Ok(Some(e.to_string())),
+        Err(e) => Err(e),
+    }
+}
+
+/// Adds the deltas to both aggregate tables with sorted multi-row `x = x + VALUES(x)` upserts.
+async fn write_deltas(
+    tx: &mut sqlx::Transaction<'_, MySql>,
+    deltas: &Deltas,
 ) -> Result<(), MysqlError> {
+    upsert(tx, "aggregated_sales", "order_date", &deltas.daily).await?;
+    upsert(tx, "sales_per_minute", "minute_start", &deltas.per_minute).await
+}
+
+/// Upserts rows keyed by (time, platform, product) into one aggregate table.
+async fn upsert<T>(
+    tx: &mut sqlx::Transaction<'_, MySql>,
+    table: &str,
+    time_column: &str,
+    rows: &BTreeMap<(T, i32, i32), Totals>,
+) -> Result<(), MysqlError>
+where
+    T: Copy + Send + Sync + 'static + for<'q> sqlx::Encode<'q, MySql> + sqlx::Type<MySql>,
+{
     let rows: Vec<_> = rows.iter().collect();
     for chunk in rows.chunks(UPSERT_CHUNK) {
-        let mut q = QueryBuilder::<MySql>::new(
-            "INSERT INTO sales_per_minute (minute_start, platform_id, product_id, order_count, total_quantity) ",
-        );
-        q.push_values(chunk, |mut b, ((minute, platform, product), t)| {
-            b.push_bind(*minute)
+        let mut q = QueryBuilder::<MySql>::new(format!(
+            "INSERT INTO {table} ({time_column}, platform_id, product_id, order_count, total_quantity) "
+        ));
+        q.push_values(chunk, |mut b, ((time, platform, product), t)| {
+            b.push_bind(*time)
                 .push_bind(*platform)
                 .push_bind(*product)
                 .push_bind(t.order_count)

@@ -23,7 +23,7 @@ use crate::actors::batcher::{Batcher, FlushOpen};
 use crate::actors::cassandra_writer::CassandraWriter;
 use crate::actors::consumer::{ConsumerSettings, KafkaConsumer, StopPolling};
 use crate::actors::dead_letters::DeadLetters;
-use crate::actors::mysql_aggregator::{MysqlAggregator, NotifyConsumer};
+use crate::actors::mysql_aggregator::{MysqlAggregator, NotifyConsumer, Rejections};
 use crate::actors::{ActorFailed, Flow, Halt};
 use crate::batch::BatchLimits;
 use crate::cassandra::CassandraStore;
@@ -119,8 +119,13 @@ impl Pipeline {
             backoff.clone(),
         )
         .start();
+        let rejections = Rejections {
+            dead_letters: dead_letters.clone(),
+            cassandra: self.stores.cassandra.clone(),
+        };
         let aggregator = MysqlAggregator::new(
             self.stores.mysql.clone(),
+            rejections,
             cfg.kafka.topic.clone(),
             flow.clone(),
             supervisor.clone(),

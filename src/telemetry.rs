@@ -5,7 +5,6 @@
 //! Every counter is registered at zero for its known labels at startup, so dashboards see a
 //! series before the first event.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -281,15 +280,17 @@ impl Health {
 
 /// Serves the operations port until the process ends. A deliberately tiny HTTP/1.0 responder:
 /// three GET routes do not justify a web framework.
-pub async fn serve_http(
-    addr: SocketAddr,
-    handle: PrometheusHandle,
-    health: Arc<Health>,
-) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "operations port listening");
+pub async fn serve_http(listener: TcpListener, handle: PrometheusHandle, health: Arc<Health>) {
     loop {
-        let (mut stream, _) = listener.accept().await?;
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: keep serving once it passes.
+                tracing::warn!(error = %e, "operations port: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let handle = handle.clone();
         let health = health.clone();
         tokio::spawn(async move {

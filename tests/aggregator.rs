@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use orderstream::actors::dead_letters::DeadLetters;
 use orderstream::actors::mysql_aggregator::{
-    BatchCommitted, BatchWritten, MysqlAggregator, NotifyConsumer,
+    BatchCommitted, BatchWritten, MysqlAggregator, NotifyConsumer, Rejections,
 };
 use orderstream::actors::{ActorFailed, Flow};
 use orderstream::aggregate::Deltas;
@@ -69,6 +70,28 @@ impl Handler<ActorFailed> for Recorder {
     }
 }
 
+/// The real dead-letter topic and Cassandra, for orders MySQL refuses (none do here).
+async fn rejections(cfg: &orderstream::config::Config) -> Rejections {
+    let producer = orderstream::kafka::producer_config(&cfg.kafka, "test-dlq")
+        .create()
+        .unwrap();
+    Rejections {
+        dead_letters: DeadLetters::new(
+            producer,
+            cfg.kafka.dead_letter_topic.clone(),
+            cfg.kafka.topic.clone(),
+            cfg.pipeline.max_record_bytes,
+            orderstream::app::backoff(cfg),
+        )
+        .start(),
+        cassandra: Arc::new(
+            orderstream::cassandra::CassandraStore::connect(&cfg.cassandra)
+                .await
+                .unwrap(),
+        ),
+    }
+}
+
 #[actix::test]
 async fn out_of_order_writes_commit_in_offset_order() {
     let _heavy = common::heavy();
@@ -96,6 +119,7 @@ async fn out_of_order_writes_commit_in_offset_order() {
     }
     let aggregator = MysqlAggregator::new(
         pool.clone(),
+        rejections(&cfg).await,
         topic.clone(),
         flow.clone(),
         recorder.clone().recipient(),
@@ -217,7 +241,7 @@ async fn replays_gaps_and_fencing_change_nothing() {
 
     // Totals equal exactly the orders at offsets 0..18 of p0 and 0..5 of p1.
     let expected: Vec<Order> = (0..18)
-        .map(|o| order(o))
+        .map(order)
         .chain((0..5).map(|o| order(1_000 + o)))
         .collect();
     assert_eq!(

@@ -193,3 +193,188 @@ async fn invalid_records_are_dead_lettered_and_valid_ones_stay_exact() {
         expected.len() as f64
     );
 }
+
+/// DESIGN rule 10: MySQL refuses some orders for their data (here a CHECK constraint a DBA
+/// added, a real refusal by the real server). The batch is bisected: exactly those orders are
+/// dead-lettered (and taken out of Cassandra), the rest of each batch is applied, and no actor
+/// restarts.
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_mysql_refuses_are_bisected_out_and_dead_lettered() {
+    let _heavy = common::heavy();
+    const PARTITIONS: i32 = 3;
+    let env = Env::start();
+    env.migrate(PARTITIONS);
+    let pool = env.mysql(PARTITIONS).await;
+    sqlx::raw_sql(
+        "ALTER TABLE aggregated_sales ADD CONSTRAINT no_platform2_product7 \
+         CHECK (NOT (platform_id = 2 AND product_id = 7))",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let (code, err) = env.run_to_end(
+        PARTITIONS,
+        &["produce", "--count", "4000", "--rate", "20000"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let records = common::read_topic(&env.broker.addr(), &env.names.topic);
+    let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
+    let mut refused = BTreeMap::new();
+    let mut kept = Vec::new();
+    for r in &records {
+        let order = orderstream::order::decode(&r.payload, 64 * 1024).unwrap();
+        if order.platform_id == 2 && order.product_id == 7 {
+            refused.insert((r.partition, r.offset), order.order_id);
+        } else {
+            kept.push(order);
+        }
+    }
+    assert!(
+        refused.len() > 10,
+        "the constraint must bite: {}",
+        refused.len()
+    );
+
+    let mut run = env.spawn(PARTITIONS, &["run"]);
+    common::ledger_reaches(&pool, &env.names.topic, &ends).await;
+    let metrics = common::scrape(env.http_port);
+    assert_eq!(run.terminate(Duration::from_secs(30)), Some(0));
+
+    let dead = common::read_topic(&env.broker.addr(), &env.names.dlq);
+    let mut got = BTreeMap::new();
+    for d in &dead {
+        assert_eq!(d.headers["error"], "store_rejected");
+        assert!(
+            d.headers["error_detail"].contains("no_platform2_product7"),
+            "{:?}",
+            d.headers
+        );
+        let order = orderstream::order::decode(&d.payload, 64 * 1024).unwrap();
+        let key = (
+            d.headers["source_partition"].parse::<i32>().unwrap(),
+            d.headers["source_offset"].parse::<i64>().unwrap(),
+        );
+        got.insert(key, order.order_id);
+    }
+    assert_eq!(got, refused, "dead letters are exactly the refused orders");
+    assert_eq!(
+        dead.len(),
+        refused.len(),
+        "each refused order dead-lettered once"
+    );
+
+    common::assert_stores_hold(&env, PARTITIONS, &kept).await;
+    assert_eq!(
+        common::metric_sum(&metrics, "orderstream_supervisor_restarts_total"),
+        0.0
+    );
+    assert!(
+        metrics.contains(&format!(
+            "orderstream_deadletter_records_total{{reason=\"store_rejected\"}} {}",
+            refused.len()
+        )),
+        "{metrics}"
+    );
+}
+
+/// DESIGN rule 7: while the dead-letter topic is unreachable, the batch holding an invalid
+/// record waits: the ledger never moves past that record and nothing restarts. Once the topic
+/// is back, the dead letter is published and everything completes exactly.
+///
+/// The outage is injected at the publish call (failpoint `dead_letter_publish`): tansu 0.6
+/// loses every topic's metadata when one topic is deleted, so the real broker cannot produce
+/// this fault on one topic alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn partition_is_held_while_the_dead_letter_topic_is_unreachable() {
+    let _heavy = common::heavy();
+    const PARTITIONS: i32 = 1;
+    let env = Env::start();
+    env.migrate(PARTITIONS);
+    let pool = env.mysql(PARTITIONS).await;
+    let outage = env.root.path().join("dlq-outage");
+    std::fs::write(&outage, b"").unwrap();
+
+    // 1,000 valid orders, then one invalid record, then 1,000 more.
+    let (code, err) = env.run_to_end(
+        PARTITIONS,
+        &["produce", "--count", "1000", "--rate", "20000"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", env.broker.addr())
+        .create()
+        .unwrap();
+    let bad_offset = producer
+        .send(
+            FutureRecord::to(&env.names.topic)
+                .key("bad")
+                .payload("not json at all"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+        .offset;
+    let (code, err) = env.run_to_end(
+        PARTITIONS,
+        &["produce", "--count", "1000", "--rate", "20000"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "{err}");
+
+    let failpoint = format!("dead_letter_publish=fail_while:{}", outage.display());
+    // Small batches, so the ones before the invalid record are not held with it.
+    let mut run = env.spawn_with(
+        PARTITIONS,
+        &["run", "--set", "pipeline.max_orders=100"],
+        &[("ORDERSTREAM_FAILPOINTS", &failpoint)],
+    );
+    // Held: for 15 s the ledger reaches the invalid record at most, and the pipeline stays up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut highest = 0;
+    while std::time::Instant::now() < deadline {
+        highest = orderstream::mysql::read_ledger(&pool, &env.names.topic)
+            .await
+            .unwrap()
+            .get(&0)
+            .copied()
+            .unwrap_or(0);
+        assert!(
+            highest <= bad_offset,
+            "ledger {highest} moved past the undelivered dead letter at {bad_offset}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(highest > 0, "the valid orders before it were applied");
+    let metrics = common::scrape(env.http_port);
+    assert_eq!(
+        common::metric_sum(&metrics, "orderstream_supervisor_restarts_total"),
+        0.0
+    );
+    assert_eq!(
+        common::metric_sum(&metrics, "orderstream_deadletter_records_total"),
+        0.0
+    );
+
+    // The topic comes back: the dead letter goes out and the pipeline catches up.
+    std::fs::remove_file(&outage).unwrap();
+    let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
+    common::ledger_reaches(&pool, &env.names.topic, &ends).await;
+    assert_eq!(run.terminate(Duration::from_secs(30)), Some(0));
+
+    let dead = common::read_topic(&env.broker.addr(), &env.names.dlq);
+    let coordinates: Vec<(String, String)> = dead
+        .iter()
+        .map(|d| {
+            (
+                d.headers["source_partition"].clone(),
+                d.headers["source_offset"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(coordinates, vec![("0".to_string(), bad_offset.to_string())]);
+    assert_eq!(dead[0].headers["error"], "not_json");
+    common::assert_stores_exact(&env, PARTITIONS, 2000).await;
+}

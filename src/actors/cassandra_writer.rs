@@ -18,9 +18,9 @@ use tokio::sync::Semaphore;
 use crate::actors::dead_letters::{DeadLetter, DeadLetters, PublishDeadLetters};
 use crate::actors::mysql_aggregator::{BatchWritten, MysqlAggregator};
 use crate::actors::{ActorFailed, Halt};
-use crate::batch::{Batch, Content};
+use crate::batch::Batch;
 use crate::cassandra::{CassandraError, CassandraStore};
-use crate::order::{Reason, Rejection};
+use crate::order::Reason;
 use crate::telemetry;
 
 /// Write this batch.
@@ -133,39 +133,15 @@ impl Handler<WriteBatch> for CassandraWriter {
             for (i, outcome) in outcomes {
                 match outcome {
                     Ok(()) => written += 1,
-                    Err(e) => {
-                        // Refused for its data: from now on it is a dead letter, not an order.
-                        let payload = batch.records[i]
-                            .order()
-                            .map(|o| o.to_json())
-                            .unwrap_or_default();
-                        batch.records[i].content = Content::Invalid {
-                            rejection: Rejection {
-                                reason: Reason::StoreRejected,
-                                detail: e.to_string(),
-                            },
-                            payload,
-                        };
-                    }
+                    // Refused for its data: from now on it is a dead letter, not an order.
+                    Err(e) => batch.records[i].reject(Reason::StoreRejected, e.to_string()),
                 }
             }
             counter!(telemetry::CASSANDRA_ROWS).increment(written);
             telemetry::seconds(telemetry::CASSANDRA_LATENCY, started.elapsed());
 
-            let letters: Vec<DeadLetter> = batch
-                .records
-                .iter()
-                .filter_map(|r| match &r.content {
-                    Content::Invalid { rejection, payload } => Some(DeadLetter {
-                        partition: r.partition,
-                        offset: r.offset,
-                        reason: rejection.reason,
-                        detail: rejection.detail.clone(),
-                        payload: payload.clone(),
-                    }),
-                    Content::Valid(_) => None,
-                })
-                .collect();
+            let letters: Vec<DeadLetter> =
+                batch.records.iter().filter_map(DeadLetter::of).collect();
             if !letters.is_empty() {
                 dead_letters
                     .send(PublishDeadLetters(letters))

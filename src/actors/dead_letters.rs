@@ -16,6 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
 use crate::actors::Halt;
+use crate::batch::{Content, Record};
 use crate::order::Reason;
 
 /// One record to dead-letter.
@@ -26,6 +27,22 @@ pub struct DeadLetter {
     pub reason: Reason,
     pub detail: String,
     pub payload: Vec<u8>,
+}
+
+impl DeadLetter {
+    /// The dead letter of an invalid record; `None` for a valid order.
+    pub fn of(record: &Record) -> Option<DeadLetter> {
+        match &record.content {
+            Content::Invalid { rejection, payload } => Some(DeadLetter {
+                partition: record.partition,
+                offset: record.offset,
+                reason: rejection.reason,
+                detail: rejection.detail.clone(),
+                payload: payload.clone(),
+            }),
+            Content::Valid(_) => None,
+        }
+    }
 }
 
 /// Publish these and answer once all are acknowledged.
@@ -124,6 +141,12 @@ async fn publish(
     letter: &DeadLetter,
     limit: usize,
 ) -> Result<(), rdkafka::error::KafkaError> {
+    #[cfg(feature = "failpoints")]
+    if crate::failpoints::failing("dead_letter_publish") {
+        return Err(rdkafka::error::KafkaError::MessageProduction(
+            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+        ));
+    }
     let partition = letter.partition.to_string();
     let offset = letter.offset.to_string();
     let length = letter.payload.len().to_string();

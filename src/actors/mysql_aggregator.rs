@@ -4,8 +4,10 @@
 //! in a reorder buffer and runs one transaction at a time in `seq` order, so each partition's
 //! ledger advances in offset order (DESIGN rule 3). A transient error (connection lost, deadlock,
 //! lock wait, unknown COMMIT outcome) retries the whole transaction, which re-reads the ledger
-//! and so can never apply a record twice (rules 4 and 9). Any other error fails the actor and
-//! the data path restarts.
+//! and so can never apply a record twice (rules 4 and 9). When MySQL refuses the data itself
+//! (rule 10), the offending orders are found by bisection, dead-lettered, removed from Cassandra
+//! and the rest of the batch is applied. Any other error fails the actor and the data path
+//! restarts.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,9 +18,12 @@ use backoff::ExponentialBackoff;
 use metrics::counter;
 use sqlx::MySqlPool;
 
+use crate::actors::dead_letters::{DeadLetter, DeadLetters, PublishDeadLetters};
 use crate::actors::{ActorFailed, Flow, Halt};
 use crate::batch::Batch;
+use crate::cassandra::CassandraStore;
 use crate::mysql::{self, ApplyReport, MysqlError};
+use crate::order::Reason;
 use crate::telemetry::{self, Health};
 
 /// A batch whose rows are in Cassandra and whose dead letters are acknowledged.
@@ -36,8 +41,17 @@ pub struct BatchCommitted {
     pub fenced: Vec<(i32, i64)>,
 }
 
+/// Where orders that MySQL refuses go (DESIGN rule 10): the dead-letter topic, and out of
+/// Cassandra, which stored them before MySQL saw them.
+#[derive(Clone)]
+pub struct Rejections {
+    pub dead_letters: Addr<DeadLetters>,
+    pub cassandra: Arc<CassandraStore>,
+}
+
 pub struct MysqlAggregator {
     pool: MySqlPool,
+    rejections: Rejections,
     topic: String,
     pending: BTreeMap<u64, Batch>,
     next_seq: u64,
@@ -52,6 +66,7 @@ pub struct MysqlAggregator {
 impl MysqlAggregator {
     pub fn new(
         pool: MySqlPool,
+        rejections: Rejections,
         topic: String,
         flow: Arc<Flow>,
         supervisor: Recipient<ActorFailed>,
@@ -60,6 +75,7 @@ impl MysqlAggregator {
     ) -> Self {
         Self {
             pool,
+            rejections,
             topic,
             pending: BTreeMap::new(),
             next_seq: 0,
@@ -81,11 +97,12 @@ impl MysqlAggregator {
         };
         self.busy = true;
         let pool = self.pool.clone();
+        let rejections = self.rejections.clone();
         let topic = self.topic.clone();
         let backoff = self.backoff.clone();
         let work = async move {
             let started = Instant::now();
-            let report = apply_with_retry(&pool, &topic, &batch, backoff).await;
+            let report = apply(&pool, &rejections, &topic, batch, backoff).await;
             telemetry::seconds(telemetry::MYSQL_LATENCY, started.elapsed());
             report
         };
@@ -106,10 +123,10 @@ impl MysqlAggregator {
                     }
                     act.drive(ctx);
                 }
-                Err(e) => {
+                Err(error) => {
                     act.supervisor.do_send(ActorFailed {
                         actor: "mysql_aggregator",
-                        error: e.to_string(),
+                        error,
                         fatal: false,
                     });
                     ctx.stop();
@@ -137,24 +154,97 @@ fn record(report: &ApplyReport) {
     }
 }
 
+/// Applies a batch; orders MySQL refuses are dead-lettered and the rest applied (rule 10).
+///
+/// Each round turns at least one valid order into a dead letter, so the loop ends. The dead
+/// letters are acknowledged and the Cassandra rows removed before the transaction that moves
+/// the ledger past them; a crash in between replays the batch, which finds the same offenders
+/// again (dead letters are at-least-once, the deletes idempotent).
+async fn apply(
+    pool: &MySqlPool,
+    rejections: &Rejections,
+    topic: &str,
+    mut batch: Batch,
+    backoff: ExponentialBackoff,
+) -> Result<ApplyReport, String> {
+    loop {
+        let error = match apply_with_retry(pool, topic, &batch, backoff.clone()).await {
+            Ok(report) => return Ok(report),
+            Err(e) if e.is_data_rejection() => e,
+            Err(e) => return Err(e.to_string()),
+        };
+        let rejected = retry_transient(backoff.clone(), || {
+            mysql::find_rejected(pool, topic, &batch)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        if rejected.is_empty() {
+            // Refused as a whole, yet no order is refused on its own: not a data problem.
+            return Err(error.to_string());
+        }
+        let mut letters = Vec::with_capacity(rejected.len());
+        for (i, detail) in rejected {
+            let record = &mut batch.records[i];
+            let Some(order_id) = record.order().map(|o| o.order_id) else {
+                continue;
+            };
+            tracing::warn!(
+                partition = record.partition,
+                offset = record.offset,
+                order_id,
+                %detail,
+                "mysql refused an order; dead-lettering it"
+            );
+            record.reject(Reason::StoreRejected, detail);
+            letters.extend(DeadLetter::of(record));
+            backoff::future::retry(backoff.clone(), || async {
+                rejections
+                    .cassandra
+                    .delete(order_id)
+                    .await
+                    .map_err(backoff::Error::transient)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        rejections
+            .dead_letters
+            .send(PublishDeadLetters(letters))
+            .await
+            .map_err(|e| format!("dead letters: {e}"))?;
+    }
+}
+
+/// Retries an operation while its errors are transient.
+async fn retry_transient<T, F, Fut>(backoff: ExponentialBackoff, op: F) -> Result<T, MysqlError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, MysqlError>>,
+{
+    backoff::future::retry(backoff, || async {
+        op().await.map_err(|e| {
+            if e.is_transient() {
+                counter!(telemetry::MYSQL_RETRIES).increment(1);
+                tracing::warn!(error = %e, "mysql request failed, retrying");
+                backoff::Error::transient(e)
+            } else {
+                backoff::Error::permanent(e)
+            }
+        })
+    })
+    .await
+}
+
 async fn apply_with_retry(
     pool: &MySqlPool,
     topic: &str,
     batch: &Batch,
     backoff: ExponentialBackoff,
 ) -> Result<ApplyReport, MysqlError> {
-    backoff::future::retry(backoff, || async {
+    retry_transient(backoff, || async {
         #[cfg(feature = "failpoints")]
         crate::failpoints::hit("before_mysql_commit");
-        mysql::apply_batch(pool, topic, batch).await.map_err(|e| {
-            if e.is_transient() {
-                counter!(telemetry::MYSQL_RETRIES).increment(1);
-                tracing::warn!(error = %e, "batch transaction failed, retrying");
-                backoff::Error::transient(e)
-            } else {
-                backoff::Error::permanent(e)
-            }
-        })
+        mysql::apply_batch(pool, topic, batch).await
     })
     .await
 }

@@ -376,25 +376,37 @@ impl Env {
             .root
             .path()
             .join(format!("cmd-{}.log", rand::random::<u32>()));
-        let mut p = self.spawn_logged(partitions, args, &err);
+        let mut p = self.spawn_logged(partitions, args, &err, &[]);
         let code = p.wait(timeout);
         (code, std::fs::read_to_string(&err).unwrap_or_default())
     }
 
     /// Starts `orderstream ARGS` in the background, logging to a file in the test root.
     pub fn spawn(&self, partitions: i32, args: &[&str]) -> Proc {
+        self.spawn_with(partitions, args, &[])
+    }
+
+    /// `spawn` with extra environment variables (failpoints, say).
+    pub fn spawn_with(&self, partitions: i32, args: &[&str], extra: &[(&str, &str)]) -> Proc {
         let log = self
             .root
             .path()
             .join(format!("{}-{}.log", args[0], rand::random::<u32>()));
-        self.spawn_logged(partitions, args, &log)
+        self.spawn_logged(partitions, args, &log, extra)
     }
 
-    fn spawn_logged(&self, partitions: i32, args: &[&str], log: &Path) -> Proc {
+    fn spawn_logged(
+        &self,
+        partitions: i32,
+        args: &[&str],
+        log: &Path,
+        extra: &[(&str, &str)],
+    ) -> Proc {
         let file = std::fs::File::create(log).unwrap();
         let child = Command::new(BIN)
             .args(args)
             .envs(self.vars(partitions))
+            .envs(extra.iter().copied())
             .env("RUST_LOG", "info,scylla=off,sqlx=warn,rdkafka=warn")
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
@@ -641,16 +653,23 @@ pub async fn ledger_reaches(pool: &sqlx::MySqlPool, topic: &str, ends: &BTreeMap
 /// field for field; the aggregates equal the sums recomputed from them; the ledger is at the
 /// log end. Returns the valid orders.
 pub async fn assert_stores_exact(env: &Env, partitions: i32, expected_valid: usize) -> Vec<Order> {
-    let cfg = env.config(partitions);
     let records = read_topic(&env.broker.addr(), &env.names.topic);
     let produced = valid_orders(&records);
     assert_eq!(produced.len(), expected_valid, "valid orders in the topic");
+    assert_stores_hold(env, partitions, &produced).await;
+    produced
+}
+
+/// Cassandra holds exactly `want` (field for field), the aggregates equal the sums recomputed
+/// from `want`, and the ledger is at the log end.
+pub async fn assert_stores_hold(env: &Env, partitions: i32, want: &[Order]) {
+    let cfg = env.config(partitions);
     let store = orderstream::cassandra::CassandraStore::connect(&cfg.cassandra)
         .await
         .unwrap();
     let mut stored = store.read_all().await.unwrap();
     stored.sort_by_key(|o| o.order_id);
-    let mut want = produced.clone();
+    let mut want = want.to_vec();
     want.sort_by_key(|o| o.order_id);
     assert_eq!(stored.len(), want.len(), "cassandra row count");
     assert!(
@@ -659,7 +678,7 @@ pub async fn assert_stores_exact(env: &Env, partitions: i32, expected_valid: usi
     );
     let pool = env.mysql(partitions).await;
     let aggregates = orderstream::mysql::read_aggregates(&pool).await.unwrap();
-    let recomputed = orderstream::aggregate::Deltas::fold(&produced);
+    let recomputed = orderstream::aggregate::Deltas::fold(&want);
     assert_eq!(aggregates.daily, recomputed.daily);
     assert_eq!(aggregates.per_minute, recomputed.per_minute);
     assert_eq!(
@@ -668,5 +687,4 @@ pub async fn assert_stores_exact(env: &Env, partitions: i32, expected_valid: usi
             .unwrap(),
         log_ends(&env.broker.addr(), &env.names.topic)
     );
-    produced
 }
