@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use anyhow::{bail, Context as _};
+use sqlx::MySqlPool;
 
 use crate::actors::producer::OrderProducer;
 use crate::cassandra::{CassandraError, CassandraStore};
 use crate::config::Config;
 use crate::kafka::{self, KafkaError};
 use crate::mysql::{self, MysqlError};
+use crate::node_lease::LeaseKeeper;
 use crate::supervisor::{retry_backoff, Drain, Pipeline, Stores};
 use crate::telemetry::{self, Health};
 
@@ -133,19 +135,34 @@ async fn start_http(cfg: &Config, health: Arc<Health>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_producer(
+/// Leases a producer node (see `node_lease`) and starts the producer on it.
+async fn start_producer(
     cfg: &Config,
+    pool: MySqlPool,
     rate: u32,
     count: u64,
     done: Option<tokio::sync::oneshot::Sender<u64>>,
-) -> anyhow::Result<Addr<OrderProducer>> {
-    let producer =
-        kafka::producer_config(&cfg.kafka, &format!("{}-producer", instance_name())).create()?;
-    let node = cfg
-        .producer
-        .instance_id
-        .unwrap_or_else(|| rand::random::<u16>() & 0x3ff);
-    Ok(OrderProducer::new(producer, cfg.kafka.topic.clone(), rate, count, node, done).start())
+) -> anyhow::Result<(Addr<OrderProducer>, LeaseKeeper)> {
+    let name = format!("{}-producer", instance_name());
+    let keeper = LeaseKeeper::start(
+        pool,
+        name.clone(),
+        Duration::from_millis(cfg.producer.lease_ttl_ms),
+        cfg.producer.instance_id,
+        backoff(cfg),
+    )
+    .await?;
+    let producer = kafka::producer_config(&cfg.kafka, &name).create()?;
+    let actor = OrderProducer::new(
+        producer,
+        cfg.kafka.topic.clone(),
+        rate,
+        count,
+        keeper.window(),
+        done,
+    )
+    .start();
+    Ok((actor, keeper))
 }
 
 /// `run`: the pipeline until SIGTERM/SIGINT, then a bounded drain. Exit code 0 after a clean
@@ -163,17 +180,19 @@ pub async fn run(
         migrate(&cfg).await?;
     }
     let stores = connect_stores(&cfg).await?;
+    let pool = stores.mysql.clone();
     let owner = instance_name();
     tracing::info!(%owner, topic = %cfg.kafka.topic, "pipeline starting");
     let pipeline = Pipeline::new(cfg.clone(), stores, health, owner).start();
     let producer = match produce_rate {
-        Some(rate) => Some(start_producer(&cfg, rate, 0, None)?),
+        Some(rate) => Some(start_producer(&cfg, pool, rate, 0, None).await?),
         None => None,
     };
     crate::shutdown_signal().await;
     tracing::info!("shutdown requested: draining");
-    if let Some(p) = producer {
+    if let Some((p, lease)) = producer {
         let _ = p.send(crate::actors::Halt).await;
+        lease.stop().await;
     }
     let drained = pipeline.send(Drain).await.unwrap_or(false);
     if drained {
@@ -190,8 +209,16 @@ pub async fn run(
 pub async fn produce(cfg: Config, rate: u32, count: u64) -> anyhow::Result<i32> {
     let health = Arc::new(Health::default());
     start_http(&cfg, health).await?;
+    let pool = mysql::connect(&cfg.mysql).await?;
+    wait_for(
+        &cfg,
+        "mysql",
+        |e: &MysqlError| !e.is_transient(),
+        || mysql::check_migrated(&pool, &cfg.mysql),
+    )
+    .await?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let producer = start_producer(&cfg, rate, count, Some(tx))?;
+    let (producer, lease) = start_producer(&cfg, pool, rate, count, Some(tx)).await?;
     tokio::select! {
         acked = rx => {
             let acked = acked.unwrap_or(0);
@@ -203,6 +230,7 @@ pub async fn produce(cfg: Config, rate: u32, count: u64) -> anyhow::Result<i32> 
             tracing::info!("producer stopped");
         }
     }
+    lease.stop().await;
     Ok(0)
 }
 

@@ -240,8 +240,11 @@ pub struct ProducerConfig {
     pub rate_per_sec: u32,
     /// Stop after this many orders (0: run until stopped).
     pub count: u64,
-    /// Node part of generated order ids, 0..=1023; unset picks one at random.
+    /// Node part of generated order ids, 0..=1023; unset leases the lowest free node.
     pub instance_id: Option<u16>,
+    /// Time to live of the producer's node lease in MySQL; renewed every third of it. A
+    /// producer that cannot renew in time pauses instead of risking a duplicate id.
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for ProducerConfig {
@@ -250,6 +253,7 @@ impl Default for ProducerConfig {
             rate_per_sec: 100,
             count: 0,
             instance_id: None,
+            lease_ttl_ms: 10_000,
         }
     }
 }
@@ -467,6 +471,12 @@ impl Config {
             i64::from(pr.rate_per_sec),
             1,
             10_000_000,
+        )?;
+        range(
+            "producer.lease_ttl_ms",
+            pr.lease_ttl_ms as i64,
+            1_000,
+            600_000,
         )?;
         if let Some(id) = pr.instance_id {
             range("producer.instance_id", i64::from(id), 0, 1_023)?;

@@ -26,6 +26,7 @@
 //!   mysql_aggregator, dead_letters, producer
 //! - `supervisor`  — builds the data path, restarts it as a unit, drains on shutdown
 //! - `simulation`  — simulated orders and unique order ids
+//! - `node_lease`  — MySQL leases of id nodes, so concurrent producers never collide
 //! - `telemetry`   — metric names, the Prometheus recorder, /metrics /healthz /readyz
 //! - `app`         — the commands (run, produce, migrate, config, healthcheck)
 //! - `emulator`    — a CQL server around the kassandra emulator, for tests and demos
@@ -47,6 +48,7 @@ pub mod emulator;
 pub mod failpoints;
 pub mod kafka;
 pub mod mysql;
+pub mod node_lease;
 pub mod order;
 pub mod simulation;
 pub mod supervisor;

@@ -20,7 +20,7 @@ use crate::config::MysqlConfig;
 
 const SCHEMA: &str = include_str!("schema/mysql.sql");
 /// Version of the MySQL schema this binary expects; `migrate` writes it, `run` checks it.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 const MIGRATE_LOCK: &str = "orderstream_migrate";
 /// Rows per multi-row upsert statement.
 const UPSERT_CHUNK: usize = 500;
@@ -193,6 +193,7 @@ pub async fn migrate(cfg: &MysqlConfig) -> Result<(), MysqlError> {
             .execute(&mut conn)
             .await?;
     }
+    crate::node_lease::seed(&mut conn).await?;
     sqlx::query(
         "INSERT INTO schema_version (component, version) VALUES ('mysql', ?) \
          ON DUPLICATE KEY UPDATE version = VALUES(version)",

@@ -1,9 +1,9 @@
 //! Simulated orders and their ids.
 //!
 //! Order ids are 63-bit "snowflakes": milliseconds since 2024-01-01 (41 bits), a node id
-//! (10 bits) and a per-millisecond sequence (12 bits). A restarted producer starts at a later
-//! millisecond, so it cannot repeat an id of its previous life; two producers at once differ in
-//! their node id (`producer.instance_id`, random when unset).
+//! (10 bits) and a per-millisecond sequence (12 bits). Producers lease their node in MySQL
+//! (`node_lease`), so two producers at once never share one, and a node's next owner starts
+//! above the milliseconds its previous owner reserved, so a restart never repeats an id.
 
 use rand::Rng;
 
@@ -23,11 +23,26 @@ pub struct IdGenerator {
 
 impl IdGenerator {
     pub fn new(node: u16) -> Self {
+        Self::with_floor(node, ID_EPOCH_MS - 1)
+    }
+
+    /// A generator whose ids use milliseconds (Unix) of at least `floor_ms`.
+    pub fn with_floor(node: u16, floor_ms: i64) -> Self {
         Self {
             node: i64::from(node) & ((1 << NODE_BITS) - 1),
-            last_ms: -1,
-            seq: 0,
+            // `next` moves past last_ms, or stays on it with a higher sequence: start one below.
+            last_ms: (floor_ms - ID_EPOCH_MS - 1).max(-1),
+            seq: (1 << SEQ_BITS) - 1,
         }
+    }
+
+    pub fn node(&self) -> u16 {
+        self.node as u16
+    }
+
+    /// The highest millisecond (Unix) the next id may use, given the clock.
+    pub fn next_ms(&self, now_ms: i64) -> i64 {
+        ((now_ms - ID_EPOCH_MS).max(0)).max(self.last_ms + 1) + ID_EPOCH_MS
     }
 
     /// The next id for the given clock reading. Never repeats within this generator: when the
@@ -56,9 +71,15 @@ pub struct OrderGenerator {
 
 impl OrderGenerator {
     pub fn new(node: u16) -> Self {
-        Self {
-            ids: IdGenerator::new(node),
-        }
+        Self::with_ids(IdGenerator::new(node))
+    }
+
+    pub fn with_ids(ids: IdGenerator) -> Self {
+        Self { ids }
+    }
+
+    pub fn ids(&self) -> &IdGenerator {
+        &self.ids
     }
 
     pub fn next(&mut self, now_ms: i64, rng: &mut impl Rng) -> Order {
@@ -111,6 +132,26 @@ mod tests {
         assert!(a.is_disjoint(&c));
         // The first generator borrowed time up to t+1 only for ids past 4096 per ms.
         assert!(a.is_disjoint(&b));
+    }
+
+    #[test]
+    fn a_floor_is_respected_and_next_ms_bounds_the_next_id() {
+        let t = 1_800_000_000_000;
+        let mut g = IdGenerator::with_floor(5, t + 10_000);
+        assert_eq!(g.next_ms(t), t + 10_000);
+        let id = g.next(t);
+        assert_eq!(
+            (id >> 22) + ID_EPOCH_MS,
+            t + 10_000,
+            "uses the floor, not the clock"
+        );
+        assert_eq!((id >> 12) & 0x3ff, 5);
+        // Once past the floor, the clock rules again; next_ms is an upper bound for the next id.
+        for now in [t + 10_000, t + 20_000, t + 20_000] {
+            let bound = g.next_ms(now);
+            let id = g.next(now);
+            assert!((id >> 22) + ID_EPOCH_MS <= bound);
+        }
     }
 
     #[test]

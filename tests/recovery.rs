@@ -94,3 +94,68 @@ async fn sigterm_under_load_drains_and_restart_counts_nothing_twice() {
     assert_eq!(again.terminate(Duration::from_secs(30)), Some(0));
     common::assert_stores_exact(&env, PARTITIONS, 15_000).await;
 }
+
+/// SIGTERM while a batch cannot finish (the CQL server is frozen): the drain gives up after
+/// `pipeline.drain_timeout_ms`, exits 0, and the abandoned batch changed nothing (it is never
+/// half-applied); after a restart it replays and everything is exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_timeout_abandons_a_stuck_batch_and_exits_0() {
+    let _heavy = common::heavy();
+    const PARTITIONS: i32 = 1;
+    let env = Env::start();
+    env.migrate(PARTITIONS);
+    let pool = env.mysql(PARTITIONS).await;
+    let topic = env.names.topic.clone();
+
+    let mut run = env.spawn(
+        PARTITIONS,
+        &["run", "--set", "pipeline.drain_timeout_ms=2000"],
+    );
+    common::eventually(Duration::from_secs(60), "partition claimed", || {
+        let (pool, topic) = (pool.clone(), topic.clone());
+        async move {
+            mysql::read_ledger(&pool, &topic)
+                .await
+                .map(|l| l.len() == 1)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    let cql = env.cql.proc.as_ref().unwrap();
+    cql.signal("STOP");
+    let (code, err) = env.run_to_end(
+        PARTITIONS,
+        &["produce", "--count", "3000", "--rate", "20000"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    common::eventually(Duration::from_secs(30), "records consumed", || async {
+        common::metric_sum(
+            &common::scrape(env.http_port),
+            "orderstream_consumer_records_total",
+        ) >= 1.0
+    })
+    .await;
+
+    let started = std::time::Instant::now();
+    let code = run.terminate(Duration::from_secs(15));
+    let drain = started.elapsed();
+    assert_eq!(code, Some(0), "exit 0 after the drain timeout");
+    assert!(
+        drain >= Duration::from_millis(1900) && drain < Duration::from_secs(6),
+        "the drain waited for its timeout, then stopped: {drain:?}"
+    );
+    assert_eq!(applied(&pool, &topic).await, 0, "nothing applied");
+    let aggregates = mysql::read_aggregates(&pool).await.unwrap();
+    assert!(aggregates.daily.is_empty() && aggregates.per_minute.is_empty());
+    println!(
+        "FIGURES: stuck batch abandoned; exit 0 after {:.2} s (drain timeout 2 s)",
+        drain.as_secs_f64()
+    );
+
+    env.cql.proc.as_ref().unwrap().signal("CONT");
+    let mut again = env.spawn(PARTITIONS, &["run"]);
+    wait_until_done(&env, PARTITIONS).await;
+    assert_eq!(again.terminate(Duration::from_secs(30)), Some(0));
+    common::assert_stores_exact(&env, PARTITIONS, 3000).await;
+}

@@ -1,6 +1,10 @@
 //! OrderProducer: publishes simulated orders at a steady rate (idempotent producer, key =
 //! order_id).
 //!
+//! Order ids use the node this producer leased (`node_lease`): while no grant is valid (MySQL
+//! unreachable for longer than the lease time, say), the producer pauses rather than risk an
+//! id another producer may issue.
+//!
 //! A tick every 10 ms publishes what the rate allows; when librdkafka's bounded queue is full
 //! the tick simply publishes less, so a slow broker slows the producer instead of growing
 //! memory. With a count, the actor stops once every order was acknowledged.
@@ -14,7 +18,8 @@ use metrics::counter;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::actors::Halt;
-use crate::simulation::OrderGenerator;
+use crate::node_lease::LeaseWindow;
+use crate::simulation::{IdGenerator, OrderGenerator};
 use crate::telemetry;
 
 pub struct OrderProducer {
@@ -24,6 +29,9 @@ pub struct OrderProducer {
     /// 0: unlimited.
     count: u64,
     generator: OrderGenerator,
+    /// The (node, floor) of the lease `generator` was made for.
+    generator_for: Option<(u16, i64)>,
+    lease: Arc<LeaseWindow>,
     started_at: Instant,
     sent: u64,
     acked: Arc<AtomicU64>,
@@ -38,7 +46,7 @@ impl OrderProducer {
         topic: String,
         rate_per_sec: u32,
         count: u64,
-        node: u16,
+        lease: Arc<LeaseWindow>,
         done: Option<tokio::sync::oneshot::Sender<u64>>,
     ) -> Self {
         Self {
@@ -46,7 +54,9 @@ impl OrderProducer {
             topic,
             rate_per_sec,
             count,
-            generator: OrderGenerator::new(node),
+            generator: OrderGenerator::new(0),
+            generator_for: None,
+            lease,
             started_at: Instant::now(),
             sent: 0,
             acked: Arc::default(),
@@ -61,11 +71,24 @@ impl OrderProducer {
         if self.count > 0 {
             due = due.min(self.count);
         }
+        let Some(grant) = self.lease.current() else {
+            return;
+        };
+        // A new lease (the first, or another after a loss): ids start above its floor.
+        if self.generator_for != Some((grant.node, grant.floor_ms)) {
+            self.generator =
+                OrderGenerator::with_ids(IdGenerator::with_floor(grant.node, grant.floor_ms));
+            self.generator_for = Some((grant.node, grant.floor_ms));
+        }
         let mut rng = rand::thread_rng();
         while self.sent < due {
-            let order = self
-                .generator
-                .next(chrono::Utc::now().timestamp_millis(), &mut rng);
+            let now = chrono::Utc::now().timestamp_millis();
+            let id_ms = self.generator.ids().next_ms(now);
+            if !grant.allows(id_ms) {
+                break;
+            }
+            self.lease.used(id_ms);
+            let order = self.generator.next(now, &mut rng);
             let key = order.order_id.to_string();
             let payload = order.to_json();
             let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);

@@ -52,6 +52,16 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
   PRIMARY KEY (topic, partition_id)
 ) ENGINE=InnoDB;
 
+-- Leases of the node part of order ids (see src/node_lease.rs): one row per node, seeded by
+-- migrate. A producer owns a node while expires_at is in the future; the next owner issues ids
+-- above reserved_until_ms (Unix milliseconds), the highest millisecond the last owner could use.
+CREATE TABLE IF NOT EXISTS producer_leases (
+  node_id           SMALLINT UNSIGNED NOT NULL PRIMARY KEY,
+  owner             VARCHAR(200) NOT NULL,
+  expires_at        DATETIME(3)  NOT NULL,
+  reserved_until_ms BIGINT       NOT NULL
+) ENGINE=InnoDB;
+
 CREATE TABLE IF NOT EXISTS schema_version (
   component  VARCHAR(32)  NOT NULL PRIMARY KEY,
   version    INT          NOT NULL,

@@ -406,6 +406,7 @@ impl Env {
         let child = Command::new(BIN)
             .args(args)
             .envs(self.vars(partitions))
+            .envs(Self::port_of(args))
             .envs(extra.iter().copied())
             .env("RUST_LOG", "info,scylla=off,sqlx=warn,rdkafka=warn")
             .stdin(Stdio::null())
@@ -416,6 +417,16 @@ impl Env {
         Proc {
             name: args[0].to_string(),
             child,
+        }
+    }
+
+    /// Only `run` serves the operations port (`http_port`): other commands started next to it
+    /// would find the port taken, which stops them at startup.
+    fn port_of(args: &[&str]) -> Vec<(&'static str, &'static str)> {
+        if args.contains(&"run") {
+            Vec::new()
+        } else {
+            vec![("ORDERSTREAM__HTTP__LISTEN", "")]
         }
     }
 
