@@ -25,6 +25,11 @@ pub enum KafkaError {
     CreateTopic { topic: String, code: String },
     #[error("kafka topic {0} does not exist: run `orderstream migrate` first")]
     MissingTopic(String),
+    #[error("reading topic {topic} timed out; unread (partition, end offset): {missing:?}")]
+    ReadTimeout {
+        topic: String,
+        missing: Vec<(i32, i64)>,
+    },
 }
 
 /// Settings of the pipeline's consumer.

@@ -27,6 +27,8 @@
 //! - `supervisor`  — builds the data path, restarts it as a unit, drains on shutdown
 //! - `simulation`  — simulated orders and unique order ids
 //! - `node_lease`  — MySQL leases of id nodes, so concurrent producers never collide
+//! - `reconcile`   — the independent audit: topic vs Cassandra vs MySQL below the ledger
+//! - `topic_reader` — reads a topic back up to given offsets (reconcile, tests)
 //! - `telemetry`   — metric names, the Prometheus recorder, /metrics /healthz /readyz
 //! - `app`         — the commands (run, produce, migrate, config, healthcheck)
 //! - `emulator`    — a CQL server around the kassandra emulator, for tests and demos
@@ -50,9 +52,11 @@ pub mod kafka;
 pub mod mysql;
 pub mod node_lease;
 pub mod order;
+pub mod reconcile;
 pub mod simulation;
 pub mod supervisor;
 pub mod telemetry;
+pub mod topic_reader;
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {

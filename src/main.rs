@@ -50,6 +50,9 @@ enum Command {
     Config,
     /// Exit 0 when the local instance is healthy (for container health checks).
     Healthcheck,
+    /// Audit the deployment: every record below the ledger stored once, aggregates exact.
+    /// Exit 0 when exact, 4 when differences were found.
+    Reconcile,
     /// Serve the in-memory CQL emulator (tests and demos; not for production).
     CqlEmulator {
         /// Listen address.
@@ -132,6 +135,17 @@ fn main() -> anyhow::Result<()> {
                 Ok(0)
             }
             Command::Healthcheck => orderstream::app::healthcheck(&config).await,
+            Command::Reconcile => {
+                let report = orderstream::reconcile::reconcile(&config).await;
+                report.map(|r| {
+                    print!("{r}");
+                    if r.is_exact() {
+                        0
+                    } else {
+                        4
+                    }
+                })
+            }
             Command::CqlEmulator { .. } => Ok(0),
         }
     });

@@ -534,10 +534,43 @@ where
 
 /// The ledger of a topic: partition → next offset (audits and tests).
 pub async fn read_ledger(pool: &MySqlPool, topic: &str) -> Result<BTreeMap<i32, i64>, MysqlError> {
+    ledger_on(&mut *pool.acquire().await?, topic).await
+}
+
+/// Both aggregate tables, as stored (audits and tests).
+pub async fn read_aggregates(pool: &MySqlPool) -> Result<Deltas, MysqlError> {
+    aggregates_on(&mut *pool.acquire().await?).await
+}
+
+/// The ledger and the aggregates as of one instant (a consistent read snapshot), so that the
+/// aggregates are exactly the fold of every record below the ledger, even while the pipeline
+/// keeps committing (`reconcile`).
+pub async fn snapshot(
+    pool: &MySqlPool,
+    topic: &str,
+) -> Result<(BTreeMap<i32, i64>, Deltas), MysqlError> {
+    let mut conn = pool.acquire().await?;
+    // The pool's sessions read committed; this one transaction needs repeatable read.
+    sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::raw_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        .execute(&mut *conn)
+        .await?;
+    let ledger = ledger_on(&mut conn, topic).await?;
+    let aggregates = aggregates_on(&mut conn).await?;
+    sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+    Ok((ledger, aggregates))
+}
+
+async fn ledger_on(
+    conn: &mut sqlx::MySqlConnection,
+    topic: &str,
+) -> Result<BTreeMap<i32, i64>, MysqlError> {
     let rows =
         sqlx::query("SELECT partition_id, next_offset FROM consumer_offsets WHERE topic = ?")
             .bind(topic)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?;
     let mut ledger = BTreeMap::new();
     for row in rows {
@@ -546,11 +579,10 @@ pub async fn read_ledger(pool: &MySqlPool, topic: &str) -> Result<BTreeMap<i32, 
     Ok(ledger)
 }
 
-/// Both aggregate tables, as stored (audits and tests).
-pub async fn read_aggregates(pool: &MySqlPool) -> Result<Deltas, MysqlError> {
+async fn aggregates_on(conn: &mut sqlx::MySqlConnection) -> Result<Deltas, MysqlError> {
     let mut stored = Deltas::default();
     for row in sqlx::query("SELECT order_date, platform_id, product_id, order_count, total_quantity FROM aggregated_sales")
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?
     {
         stored.daily.insert(
@@ -559,7 +591,7 @@ pub async fn read_aggregates(pool: &MySqlPool) -> Result<Deltas, MysqlError> {
         );
     }
     for row in sqlx::query("SELECT minute_start, platform_id, product_id, order_count, total_quantity FROM sales_per_minute")
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?
     {
         stored.per_minute.insert(

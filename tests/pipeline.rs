@@ -168,4 +168,27 @@ async fn twenty_thousand_orders_are_stored_exactly_once() {
     .await
     .unwrap();
     assert_eq!(viewed, expected_orders);
+
+    // `reconcile` agrees; then it catches a lost row, a changed row and a miscounted key.
+    let (code, report) = common::reconcile(&env, PARTITIONS);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("records below it") && report.contains("verdict: EXACT"));
+    let lost = expected[0].clone();
+    store.delete(lost.order_id).await.unwrap();
+    let mut changed = expected[1].clone();
+    changed.quantity = changed.quantity % 10 + 1;
+    store.insert(&changed).await.unwrap();
+    sqlx::raw_sql(
+        "UPDATE aggregated_sales SET order_count = order_count + 1 ORDER BY order_date LIMIT 1",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (code, report) = common::reconcile(&env, PARTITIONS);
+    assert_eq!(code, Some(4), "{report}");
+    assert!(report.contains("missing orders: 1"), "{report}");
+    assert!(report.contains(&lost.order_id.to_string()), "{report}");
+    assert!(report.contains("mismatched orders: 1"), "{report}");
+    assert!(report.contains("differing aggregate keys: 1"), "{report}");
+    assert!(report.contains("verdict: DIFFERENCES FOUND"), "{report}");
 }

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use orderstream::config::Config;
 use orderstream::order::Order;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_orderstream");
@@ -442,95 +441,20 @@ impl Env {
     }
 }
 
-/// Every record of a topic from the beginning to its current end, per partition.
-pub struct TopicRecord {
-    pub partition: i32,
-    pub offset: i64,
-    pub payload: Vec<u8>,
-    pub headers: BTreeMap<String, String>,
-}
+pub use orderstream::topic_reader::TopicRecord;
 
+/// Every record of a topic from the beginning to its current end.
 pub fn read_topic(brokers: &str, topic: &str) -> Vec<TopicRecord> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("reader-{}", rand::random::<u32>()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let meta = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let partitions: Vec<i32> = meta.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| p.id())
-        .collect();
-    let mut ends = BTreeMap::new();
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, *p, Duration::from_secs(10))
-            .unwrap();
-        if high > low {
-            ends.insert(*p, high);
-            tpl.add_partition_offset(topic, *p, Offset::Offset(low))
-                .unwrap();
-        }
-    }
-    consumer.assign(&tpl).unwrap();
-    drop(tpl);
-    let mut out = Vec::new();
-    let mut done: BTreeMap<i32, bool> = ends.keys().map(|p| (*p, false)).collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while done.values().any(|d| !d) {
-        assert!(Instant::now() < deadline, "reading {topic} timed out");
-        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let msg = msg.unwrap();
-        let mut headers = BTreeMap::new();
-        if let Some(h) = msg.headers() {
-            for header in h.iter() {
-                headers.insert(
-                    header.key.to_string(),
-                    String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
-                );
-            }
-        }
-        out.push(TopicRecord {
-            partition: msg.partition(),
-            offset: msg.offset(),
-            payload: msg.payload().unwrap_or_default().to_vec(),
-            headers,
-        });
-        if msg.offset() + 1 >= ends[&msg.partition()] {
-            done.insert(msg.partition(), true);
-        }
-    }
-    out
+    orderstream::topic_reader::read_topic(brokers, topic, None, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("reading {topic}: {e}"))
 }
 
 /// High watermark of every partition of a topic.
 pub fn log_ends(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let meta = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    meta.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| {
-            (
-                p.id(),
-                consumer
-                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                    .unwrap()
-                    .1,
-            )
-        })
+    orderstream::topic_reader::watermarks(brokers, topic, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("watermarks of {topic}: {e}"))
+        .into_iter()
+        .map(|(p, (_, high))| (p, high))
         .collect()
 }
 
@@ -671,9 +595,17 @@ pub async fn assert_stores_exact(env: &Env, partitions: i32, expected_valid: usi
     produced
 }
 
+/// Runs `orderstream reconcile`; returns (exit code, its report).
+pub fn reconcile(env: &Env, partitions: i32) -> (Option<i32>, String) {
+    env.run_to_end(partitions, &["reconcile"], Duration::from_secs(300))
+}
+
 /// Cassandra holds exactly `want` (field for field), the aggregates equal the sums recomputed
-/// from `want`, and the ledger is at the log end.
+/// from `want`, the ledger is at the log end, and `orderstream reconcile` agrees.
 pub async fn assert_stores_hold(env: &Env, partitions: i32, want: &[Order]) {
+    let (code, report) = reconcile(env, partitions);
+    assert_eq!(code, Some(0), "reconcile: {report}");
+    assert!(report.contains("verdict: EXACT"), "{report}");
     let cfg = env.config(partitions);
     let store = orderstream::cassandra::CassandraStore::connect(&cfg.cassandra)
         .await
