@@ -240,7 +240,41 @@ impl Actor for Pipeline {
         if let Err(error) = self.start_path(ctx) {
             self.restart("consumer", error, ctx);
         }
+        // Readiness follows the stores: an outage is waited out inside the actors (retries with
+        // backoff, no restart), and meanwhile the instance reports itself not ready.
+        self.health.set_stores_reachable(true);
+        telemetry::dependency_up("cassandra", true);
+        telemetry::dependency_up("mysql", true);
+        ctx.run_interval(PROBE_EVERY, |act, ctx| {
+            let stores = act.stores.clone();
+            let health = act.health.clone();
+            ctx.spawn(
+                async move {
+                    let (cassandra, mysql) = tokio::join!(
+                        probe(stores.cassandra.ping()),
+                        probe(ping_mysql(&stores.mysql))
+                    );
+                    telemetry::dependency_up("cassandra", cassandra);
+                    telemetry::dependency_up("mysql", mysql);
+                    health.set_stores_reachable(cassandra && mysql);
+                }
+                .into_actor(act),
+            );
+        });
     }
+}
+
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// A probe that does not answer within the probe interval counts as down.
+async fn probe(check: impl std::future::Future<Output = bool>) -> bool {
+    tokio::time::timeout(PROBE_EVERY, check)
+        .await
+        .unwrap_or(false)
+}
+
+async fn ping_mysql(pool: &MySqlPool) -> bool {
+    sqlx::query("SELECT 1").execute(pool).await.is_ok()
 }
 
 impl Handler<ActorFailed> for Pipeline {

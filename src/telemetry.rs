@@ -41,6 +41,7 @@ pub const PRODUCER_ERRORS: &str = "orderstream_producer_errors_total";
 pub const END_TO_END: &str = "orderstream_pipeline_end_to_end_latency_seconds";
 pub const RESTARTS: &str = "orderstream_supervisor_restarts_total";
 pub const ACTOR_UP: &str = "orderstream_actor_up";
+pub const DEPENDENCY_UP: &str = "orderstream_dependency_up";
 pub const CONSUMER_LAG: &str = "orderstream_consumer_lag_records";
 pub const PROCESS_MEMORY: &str = "orderstream_process_resident_memory_bytes";
 pub const PROCESS_CPU: &str = "orderstream_process_cpu_seconds_total";
@@ -149,6 +150,10 @@ fn describe() {
     );
     describe_gauge!(ACTOR_UP, "1 while the actor runs, by actor.");
     describe_gauge!(
+        DEPENDENCY_UP,
+        "1 while the store answered its last probe (every 2 s), by dependency."
+    );
+    describe_gauge!(
         CONSUMER_LAG,
         "Records between the committed offset and the log end, by partition."
     );
@@ -247,6 +252,10 @@ pub fn in_flight(n: usize) {
     gauge!(IN_FLIGHT).set(n as f64);
 }
 
+pub fn dependency_up(dependency: &'static str, up: bool) {
+    gauge!(DEPENDENCY_UP, "dependency" => dependency).set(if up { 1.0 } else { 0.0 });
+}
+
 pub fn actor_up(actor: &'static str, up: bool) {
     gauge!(ACTOR_UP, "actor" => actor).set(if up { 1.0 } else { 0.0 });
 }
@@ -260,8 +269,10 @@ pub fn seconds(name: &'static str, d: Duration) {
 pub struct Health {
     /// Unix ms of the last sign of progress (a poll, a commit); `/healthz` fails when stale.
     pub last_progress_ms: AtomicI64,
-    /// Group joined and stores reachable.
+    /// The data path is running (group joined or joining).
     pub ready: AtomicBool,
+    /// Both stores answered their last probe.
+    pub stores_reachable: AtomicBool,
 }
 
 impl Health {
@@ -271,6 +282,13 @@ impl Health {
     }
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+    pub fn set_stores_reachable(&self, reachable: bool) {
+        self.stores_reachable.store(reachable, Ordering::Relaxed);
+    }
+    /// What `/readyz` answers: the data path runs and both stores answer.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && self.stores_reachable.load(Ordering::Relaxed)
     }
     fn alive(&self, stale_after: Duration) -> bool {
         let last = self.last_progress_ms.load(Ordering::Relaxed);
@@ -312,9 +330,7 @@ pub async fn serve_http(listener: TcpListener, handle: PrometheusHandle, health:
                     "text/plain",
                     "no progress\n".into(),
                 ),
-                "/readyz" if health.ready.load(Ordering::Relaxed) => {
-                    ("200 OK", "text/plain", "ready\n".into())
-                }
+                "/readyz" if health.is_ready() => ("200 OK", "text/plain", "ready\n".into()),
                 "/readyz" => (
                     "503 Service Unavailable",
                     "text/plain",

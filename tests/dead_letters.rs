@@ -9,52 +9,6 @@ use rdkafka::ClientConfig;
 
 use crate::common::{self, Env};
 
-fn invalid_payloads() -> Vec<(Vec<u8>, &'static str)> {
-    let valid = |field: &str, value: &str| {
-        let mut fields = BTreeMap::from([
-            ("order_id", "77".to_string()),
-            ("created_at", "\"2024-05-01T10:20:30Z\"".to_string()),
-            ("platform_id", "1".to_string()),
-            ("product_id", "2".to_string()),
-            ("quantity", "3".to_string()),
-            ("customer_id", "4".to_string()),
-            ("payment_method", "\"paypal\"".to_string()),
-        ]);
-        if value.is_empty() {
-            fields.remove(field);
-        } else {
-            fields.insert(field, value.to_string());
-        }
-        let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
-        format!("{{{}}}", body.join(",")).into_bytes()
-    };
-    let mut huge = valid("order_id", "78");
-    huge.pop();
-    huge.extend(std::iter::repeat_n(b' ', 70 * 1024));
-    huge.push(b'}');
-    vec![
-        (b"not json at all".to_vec(), "not_json"),
-        (b"[1,2,3]".to_vec(), "not_object"),
-        (valid("quantity", ""), "missing_field"),
-        (valid("customer_id", "\"4\""), "wrong_type"),
-        (valid("order_id", "12.5"), "wrong_type"),
-        (valid("quantity", "0"), "out_of_range"),
-        (valid("quantity", "10001"), "out_of_range"),
-        (valid("order_id", "-3"), "out_of_range"),
-        (
-            valid("payment_method", "\"bitcoin\""),
-            "unknown_payment_method",
-        ),
-        (
-            valid("created_at", "\"1999-12-31T23:59:59Z\""),
-            "out_of_range",
-        ),
-        (valid("created_at", "\"last tuesday\""), "bad_timestamp"),
-        (b"{\"order_id\": \"\xff\xfe\"}".to_vec(), "invalid_utf8"),
-        (huge, "too_large"),
-    ]
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_records_are_dead_lettered_and_valid_ones_stay_exact() {
     let _heavy = common::heavy();
@@ -73,7 +27,7 @@ async fn invalid_records_are_dead_lettered_and_valid_ones_stay_exact() {
         .set("bootstrap.servers", env.broker.addr())
         .create()
         .unwrap();
-    let kinds = invalid_payloads();
+    let kinds = common::invalid_payloads();
     for round in 0..4 {
         for (i, (payload, _)) in kinds.iter().enumerate() {
             let key = format!("bad-{round}-{i}");

@@ -8,6 +8,7 @@
 mod common;
 
 mod aggregator;
+mod chaos;
 mod dead_letters;
 mod migrate;
 mod pipeline;

@@ -528,6 +528,18 @@ pub fn scrape(port: u16) -> String {
     body
 }
 
+/// The HTTP status of GET `path` on the operations port; `None` when nothing answers.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut head = String::new();
+    s.read_to_string(&mut head).ok()?;
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Runs `promtool check metrics` on a scrape; panics with its complaints.
 pub fn promtool_check(metrics: &str) {
     use std::io::Write;
@@ -630,4 +642,51 @@ pub async fn assert_stores_hold(env: &Env, partitions: i32, want: &[Order]) {
             .unwrap(),
         log_ends(&env.broker.addr(), &env.names.topic)
     );
+}
+
+/// One record of every kind the event contract refuses, with its reason.
+pub fn invalid_payloads() -> Vec<(Vec<u8>, &'static str)> {
+    let valid = |field: &str, value: &str| {
+        let mut fields = BTreeMap::from([
+            ("order_id", "77".to_string()),
+            ("created_at", "\"2024-05-01T10:20:30Z\"".to_string()),
+            ("platform_id", "1".to_string()),
+            ("product_id", "2".to_string()),
+            ("quantity", "3".to_string()),
+            ("customer_id", "4".to_string()),
+            ("payment_method", "\"paypal\"".to_string()),
+        ]);
+        if value.is_empty() {
+            fields.remove(field);
+        } else {
+            fields.insert(field, value.to_string());
+        }
+        let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        format!("{{{}}}", body.join(",")).into_bytes()
+    };
+    let mut huge = valid("order_id", "78");
+    huge.pop();
+    huge.extend(std::iter::repeat_n(b' ', 70 * 1024));
+    huge.push(b'}');
+    vec![
+        (b"not json at all".to_vec(), "not_json"),
+        (b"[1,2,3]".to_vec(), "not_object"),
+        (valid("quantity", ""), "missing_field"),
+        (valid("customer_id", "\"4\""), "wrong_type"),
+        (valid("order_id", "12.5"), "wrong_type"),
+        (valid("quantity", "0"), "out_of_range"),
+        (valid("quantity", "10001"), "out_of_range"),
+        (valid("order_id", "-3"), "out_of_range"),
+        (
+            valid("payment_method", "\"bitcoin\""),
+            "unknown_payment_method",
+        ),
+        (
+            valid("created_at", "\"1999-12-31T23:59:59Z\""),
+            "out_of_range",
+        ),
+        (valid("created_at", "\"last tuesday\""), "bad_timestamp"),
+        (b"{\"order_id\": \"\xff\xfe\"}".to_vec(), "invalid_utf8"),
+        (huge, "too_large"),
+    ]
 }

@@ -1,0 +1,360 @@
+//! The chaos suite: processes killed, frozen and restarted on loopback, real servers throughout.
+//!
+//! Every scenario ends with the same checks (`Chaos::finish`): the ledger reaches the log end;
+//! `orderstream reconcile` finds every valid order in Cassandra once with its fields and the
+//! aggregates equal to the sums recomputed from the topic; the dead letters are exactly the
+//! invalid records (by source partition and offset); and the pipeline's peak RSS stayed within
+//! the budget.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+use crate::common::{self, Env, Proc};
+
+/// The pipeline's memory budget for these runs.
+const RSS_BUDGET: u64 = 256 * 1024 * 1024;
+
+struct Chaos {
+    env: Env,
+    partitions: i32,
+    started: Instant,
+    /// Peak RSS (VmHWM) of every pipeline process, sampled before it ends.
+    peak_rss: u64,
+}
+
+impl Chaos {
+    /// Fresh servers and names, migrated; `backlog` valid orders with one of each kind of
+    /// invalid record after every third of them.
+    async fn start(partitions: i32, backlog: u64) -> Chaos {
+        let env = Env::start();
+        env.migrate(partitions);
+        let chaos = Chaos {
+            env,
+            partitions,
+            started: Instant::now(),
+            peak_rss: 0,
+        };
+        for _ in 0..3 {
+            chaos.produce(backlog / 3);
+            chaos.send_invalid().await;
+        }
+        chaos
+    }
+
+    fn produce(&self, count: u64) {
+        let (code, err) = self.env.run_to_end(
+            self.partitions,
+            &["produce", "--count", &count.to_string(), "--rate", "50000"],
+            Duration::from_secs(300),
+        );
+        assert_eq!(code, Some(0), "{err}");
+    }
+
+    async fn send_invalid(&self) {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", self.env.broker.addr())
+            .create()
+            .unwrap();
+        for (i, (payload, _)) in common::invalid_payloads().iter().enumerate() {
+            producer
+                .send(
+                    FutureRecord::to(&self.env.names.topic)
+                        .key(&format!("bad-{i}-{}", rand::random::<u32>()))
+                        .payload(payload),
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    /// `orderstream run` with small batches (many transactions, many chances to be hit).
+    fn run(&self) -> Proc {
+        self.env.spawn(
+            self.partitions,
+            &["run", "--set", "pipeline.max_orders=500"],
+        )
+    }
+
+    /// A second instance in the same group, on its own operations port.
+    fn run_second(&self, port: u16) -> Proc {
+        let listen = format!("127.0.0.1:{port}");
+        self.env.spawn_with(
+            self.partitions,
+            &["run", "--set", "pipeline.max_orders=500"],
+            &[("ORDERSTREAM__HTTP__LISTEN", &listen)],
+        )
+    }
+
+    async fn applied_async(&self) -> i64 {
+        let pool = self.env.mysql(self.partitions).await;
+        orderstream::mysql::read_ledger(&pool, &self.env.names.topic)
+            .await
+            .map(|l| l.values().sum())
+            .unwrap_or(0)
+    }
+
+    async fn wait_applied(&self, at_least: i64) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while self.applied_async().await < at_least {
+            assert!(Instant::now() < deadline, "stuck below {at_least} applied");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn total(&self) -> i64 {
+        common::log_ends(&self.env.broker.addr(), &self.env.names.topic)
+            .values()
+            .sum()
+    }
+
+    fn sample_rss(&mut self, proc: &Proc) {
+        self.peak_rss = self.peak_rss.max(peak_rss(proc));
+    }
+
+    /// Waits for the ledger to reach the log end, stops `run` and checks everything.
+    async fn finish(mut self, mut run: Proc, scenario: &str) {
+        let pool = self.env.mysql(self.partitions).await;
+        let ends = common::log_ends(&self.env.broker.addr(), &self.env.names.topic);
+        common::ledger_reaches(&pool, &self.env.names.topic, &ends).await;
+        self.sample_rss(&run);
+        assert_eq!(
+            run.terminate(Duration::from_secs(60)),
+            Some(0),
+            "clean stop"
+        );
+
+        let (code, report) = common::reconcile(&self.env, self.partitions);
+        assert_eq!(code, Some(0), "reconcile after {scenario}: {report}");
+
+        // Dead letters: exactly the invalid records, by source coordinates.
+        let records = common::read_topic(&self.env.broker.addr(), &self.env.names.topic);
+        let invalid: BTreeSet<(i32, i64)> = records
+            .iter()
+            .filter(|r| orderstream::order::decode(&r.payload, 64 * 1024).is_err())
+            .map(|r| (r.partition, r.offset))
+            .collect();
+        let dead = common::read_topic(&self.env.broker.addr(), &self.env.names.dlq);
+        let letters: BTreeSet<(i32, i64)> = dead
+            .iter()
+            .map(|d| {
+                (
+                    d.headers["source_partition"].parse().unwrap(),
+                    d.headers["source_offset"].parse().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            letters, invalid,
+            "dead letters are exactly the invalid records"
+        );
+        assert!(
+            self.peak_rss > 0 && self.peak_rss < RSS_BUDGET,
+            "peak RSS {}",
+            self.peak_rss
+        );
+        println!(
+            "FIGURES {scenario}: {} records ({} invalid, {} dead letters incl. {} republished), \
+             reconcile exact, peak RSS {:.1} MiB, {:.1} s",
+            records.len(),
+            invalid.len(),
+            dead.len(),
+            dead.len() - letters.len(),
+            self.peak_rss as f64 / (1024.0 * 1024.0),
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss(proc: &Proc) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", proc.child.id())).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn restarts(port: u16) -> f64 {
+    common::metric_sum(
+        &common::scrape(port),
+        "orderstream_supervisor_restarts_total",
+    )
+}
+
+/// The instance reports not ready at some point within `within`.
+async fn becomes_unready(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if common::http_status(port, "/readyz") == Some(503) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_five_random_moments_of_a_50k_run() {
+    let _heavy = common::heavy();
+    let mut chaos = Chaos::start(4, 50_000).await;
+    let total = chaos.total();
+    let mut rng = rand::thread_rng();
+    let mut moments: Vec<i64> = (0..5)
+        .map(|_| rng.gen_range(total / 10..total * 9 / 10))
+        .collect();
+    moments.sort();
+    let mut run = chaos.run();
+    let mut killed_at = Vec::new();
+    for moment in moments {
+        chaos.wait_applied(moment).await;
+        chaos.sample_rss(&run);
+        run.kill();
+        killed_at.push(chaos.applied_async().await);
+        run = chaos.run();
+    }
+    println!("FIGURES sigkill: killed at {killed_at:?} of {total} applied");
+    chaos.finish(run, "sigkill x5").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crashes_in_the_narrow_windows() {
+    let _heavy = common::heavy();
+    let mut chaos = Chaos::start(3, 20_000).await;
+    // Each failpoint ends the process abruptly (exit 137, no drain) at its N-th hit.
+    for failpoint in [
+        // After the Cassandra write, before the MySQL commit.
+        "before_mysql_commit=exit@7",
+        // After the MySQL commit, before the Kafka commit.
+        "after_mysql_commit=exit@5",
+        // In the assignment: the claim committed, the seek not yet done.
+        "after_claim=exit@2",
+    ] {
+        let mut run = chaos.env.spawn_with(
+            chaos.partitions,
+            &["run", "--set", "pipeline.max_orders=500"],
+            &[("ORDERSTREAM_FAILPOINTS", failpoint)],
+        );
+        let code = run.wait(Duration::from_secs(120));
+        chaos.sample_rss(&run);
+        assert_eq!(code, Some(137), "{failpoint} was reached");
+        println!(
+            "FIGURES window {failpoint}: crashed with {} applied",
+            chaos.applied_async().await
+        );
+    }
+    let run = chaos.run();
+    chaos.finish(run, "narrow windows").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mariadb_killed_mid_run_and_restarted_10s_later() {
+    let _heavy = common::heavy();
+    let mut chaos = Chaos::start(3, 30_000).await;
+    let run = chaos.run();
+    chaos.wait_applied(5_000).await;
+    chaos.env.mariadb.proc.as_mut().unwrap().kill();
+    assert!(
+        becomes_unready(chaos.env.http_port, Duration::from_secs(8)).await,
+        "readiness drops while MySQL is down"
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    chaos.env.mariadb.restart();
+    chaos.wait_applied(chaos.total()).await;
+    assert_eq!(
+        restarts(chaos.env.http_port),
+        0.0,
+        "an outage is no restart"
+    );
+    chaos.finish(run, "mariadb sigkill + 10 s").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cql_frozen_30s_then_resumed_and_restarted() {
+    let _heavy = common::heavy();
+    let mut chaos = Chaos::start(3, 30_000).await;
+    let run = chaos.run();
+    chaos.wait_applied(5_000).await;
+    let cql = chaos.env.cql.proc.as_ref().unwrap();
+    cql.signal("STOP");
+    let frozen_at = chaos.applied_async().await;
+    assert!(
+        becomes_unready(chaos.env.http_port, Duration::from_secs(10)).await,
+        "readiness drops while Cassandra is frozen"
+    );
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let still = chaos.applied_async().await;
+    chaos.env.cql.proc.as_ref().unwrap().signal("CONT");
+    // At most the batches already past Cassandra could commit while it was frozen.
+    assert!(
+        still - frozen_at <= 8 * 500,
+        "{frozen_at} → {still} while frozen"
+    );
+    chaos.wait_applied(15_000).await;
+
+    // A restart: SIGTERM (the emulator saves its state), then start it again.
+    let mut old = chaos.env.cql.proc.take().unwrap();
+    assert!(old.terminate(Duration::from_secs(30)).is_some());
+    chaos.env.cql.restart();
+    chaos.wait_applied(chaos.total()).await;
+    assert_eq!(
+        restarts(chaos.env.http_port),
+        0.0,
+        "an outage is no restart"
+    );
+    chaos.finish(run, "cql frozen 30 s + restarted").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_killed_and_restarted_then_frozen_past_the_session_timeout() {
+    let _heavy = common::heavy();
+    let mut chaos = Chaos::start(3, 30_000).await;
+    let run = chaos.run();
+    chaos.wait_applied(5_000).await;
+    chaos.env.broker.proc.as_mut().unwrap().kill();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    chaos.env.broker.restart();
+    chaos.wait_applied(15_000).await;
+
+    // Frozen longer than the session timeout (6 s in these tests).
+    let broker = chaos.env.broker.proc.as_ref().unwrap();
+    broker.signal("STOP");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    chaos.env.broker.proc.as_ref().unwrap().signal("CONT");
+    chaos.wait_applied(chaos.total()).await;
+    chaos
+        .finish(run, "broker sigkill + 10 s, frozen 10 s")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_one_killed_then_one_frozen_while_its_partitions_move() {
+    let _heavy = common::heavy();
+    let mut chaos = Chaos::start(4, 40_000).await;
+    let second_port = common::free_port();
+    let mut a = chaos.run();
+    let mut b = chaos.run_second(second_port);
+    chaos.wait_applied(8_000).await;
+    chaos.sample_rss(&b);
+    b.kill();
+    chaos.wait_applied(16_000).await;
+
+    // A third instance joins; then `a` freezes past the session timeout, so its partitions
+    // move to `c`. When `a` resumes, whatever it still had in flight is fenced.
+    let third_port = common::free_port();
+    let c = chaos.run_second(third_port);
+    chaos.wait_applied(20_000).await;
+    a.signal("STOP");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    a.signal("CONT");
+    chaos.wait_applied(chaos.total()).await;
+    chaos.sample_rss(&a);
+    assert_eq!(a.terminate(Duration::from_secs(60)), Some(0));
+    chaos.finish(c, "two instances: kill, freeze").await;
+}
