@@ -99,12 +99,20 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// Group session timeout; a member silent for longer is evicted.
     pub session_timeout_ms: u32,
+    /// The consumer's max.poll.interval.ms, which is also the rebalance timeout it announces:
+    /// how long a rebalance may wait for members that do not rejoin. The poll loop never
+    /// stops polling (backpressure pauses partitions instead), so this can stay short; with
+    /// Kafka's 300 s default, a rebalance after a broker freeze can stall for 5 minutes.
+    pub max_poll_interval_ms: u32,
     /// Upper bound of librdkafka's consumer prefetch queue, per partition.
     pub queued_max_messages_kbytes: u32,
     /// Upper bound of librdkafka's producer queue.
     pub producer_queue_max_kbytes: u32,
     /// Timeout of admin and metadata requests.
     pub request_timeout_ms: u32,
+    /// librdkafka debug contexts for the pipeline's consumer (e.g. "cgrp,fetch"), logged at
+    /// debug level under the `librdkafka` target; empty for none.
+    pub debug: String,
 }
 
 impl Default for KafkaConfig {
@@ -117,9 +125,11 @@ impl Default for KafkaConfig {
             partitions: 6,
             replication_factor: 1,
             session_timeout_ms: 10_000,
+            max_poll_interval_ms: 30_000,
             queued_max_messages_kbytes: 4_096,
             producer_queue_max_kbytes: 16_384,
             request_timeout_ms: 10_000,
+            debug: String::new(),
         }
     }
 }
@@ -367,6 +377,12 @@ impl Config {
             i64::from(k.session_timeout_ms),
             1_000,
             3_600_000,
+        )?;
+        range(
+            "kafka.max_poll_interval_ms",
+            i64::from(k.max_poll_interval_ms),
+            i64::from(k.session_timeout_ms),
+            86_400_000,
         )?;
         range(
             "kafka.queued_max_messages_kbytes",

@@ -42,6 +42,7 @@ pub fn consumer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+        .set("max.poll.interval.ms", cfg.max_poll_interval_ms.to_string())
         .set(
             "heartbeat.interval.ms",
             (cfg.session_timeout_ms / 4).max(100).to_string(),
@@ -61,6 +62,9 @@ pub fn consumer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set("fetch.wait.max.ms", "50")
         // Statistics carry the consumer lag per partition (see LedgerContext::stats).
         .set("statistics.interval.ms", "5000");
+    if !cfg.debug.is_empty() {
+        c.set("debug", &cfg.debug);
+    }
     c
 }
 
@@ -181,6 +185,7 @@ impl ConsumerContext for LedgerContext {
                 return;
             }
         };
+        tracing::info!(?change, "group rebalance");
         crate::telemetry::rebalance(&change);
         // The channel is far larger than the number of rebalances between two polls.
         match self.changes.try_send(change) {

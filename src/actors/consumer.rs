@@ -269,7 +269,17 @@ impl KafkaConsumer {
                         );
                         act.update_paused_gauge();
                     }
-                    Err((error, fatal)) => act.fail(ctx, error, fatal),
+                    Err((error, fatal)) => {
+                        // A partition revoked while its claim ran cannot be sought any more
+                        // ("erroneous state"): that is the rebalance, not a failure.
+                        let still_ours = lock(&act.gate).partitions.get(&partition)
+                            == Some(&PartitionState::Claiming { token });
+                        if fatal || still_ours {
+                            act.fail(ctx, error, fatal);
+                        } else {
+                            tracing::info!(partition, %error, "claim abandoned: partition revoked");
+                        }
+                    }
                 }),
         );
     }

@@ -342,6 +342,7 @@ impl Env {
             ("KAFKA__GROUP_ID", n.group.clone()),
             ("KAFKA__PARTITIONS", partitions.to_string()),
             ("KAFKA__SESSION_TIMEOUT_MS", "6000".into()),
+            ("KAFKA__MAX_POLL_INTERVAL_MS", "10000".into()),
             (
                 "CASSANDRA__CONTACT_POINTS",
                 format!("[\"127.0.0.1:{}\"]", self.cql.port),
@@ -407,7 +408,11 @@ impl Env {
             .envs(self.vars(partitions))
             .envs(Self::port_of(args))
             .envs(extra.iter().copied())
-            .env("RUST_LOG", "info,scylla=off,sqlx=warn,rdkafka=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("ORDERSTREAM_TEST_LOG")
+                    .unwrap_or_else(|_| "info,scylla=off,sqlx=warn,rdkafka=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -442,6 +447,40 @@ impl Env {
 }
 
 pub use orderstream::topic_reader::TopicRecord;
+
+/// When a test fails, the tails of every log in its root (servers and orderstream processes)
+/// are printed with its output, so that a CI failure can be read without a rerun.
+impl Drop for Env {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut logs: Vec<PathBuf> = Vec::new();
+        let mut dirs = vec![self.root.path().to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "log") {
+                    logs.push(path);
+                }
+            }
+        }
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!(
+                "===== {} (last {} lines)\n{}",
+                log.display(),
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+    }
+}
 
 /// Every record of a topic from the beginning to its current end.
 pub fn read_topic(brokers: &str, topic: &str) -> Vec<TopicRecord> {
