@@ -77,8 +77,16 @@ pub async fn serve(listen: SocketAddr, state: Option<PathBuf>) -> Result<(), Emu
         _ = crate::shutdown_signal() => {}
     }
     if let Some(path) = state {
-        save(&shared, &path)?;
+        // Keep the session locked until the process is gone: a write handled after the snapshot
+        // would be acknowledged and then lost. Requests that wait on the lock are never
+        // answered, so their clients retry them against the next server.
+        let session = match shared.lock() {
+            Ok(session) => session,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        save(&session, &path)?;
         println!("cql emulator state saved to {}", path.display());
+        std::process::exit(0);
     }
     Ok(())
 }
@@ -94,11 +102,8 @@ fn load(path: &Path) -> Result<KassandraSession, EmulatorError> {
     })
 }
 
-fn save(shared: &Shared, path: &Path) -> Result<(), EmulatorError> {
-    let bytes = match shared.lock() {
-        Ok(session) => session.save_state(),
-        Err(poisoned) => poisoned.into_inner().save_state(),
-    };
+fn save(session: &KassandraSession, path: &Path) -> Result<(), EmulatorError> {
+    let bytes = session.save_state();
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)
         .and_then(|_| std::fs::rename(&tmp, path))

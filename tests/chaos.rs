@@ -334,7 +334,7 @@ async fn broker_killed_and_restarted_10s_later() {
 #[ignore = "tansu 0.6 keeps a ghost group member after a broker freeze (see the comment)"]
 async fn broker_frozen_past_the_session_timeout() {
     let _heavy = common::heavy();
-    let mut chaos = Chaos::start(3, 30_000).await;
+    let chaos = Chaos::start(3, 30_000).await;
     let run = chaos.run();
     chaos.wait_applied(5_000).await;
     chaos.env.broker.proc.as_ref().unwrap().signal("STOP");
