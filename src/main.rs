@@ -149,12 +149,18 @@ fn main() -> anyhow::Result<()> {
             Command::CqlEmulator { .. } => Ok(0),
         }
     });
-    match code {
-        Ok(0) => Ok(()),
-        Ok(code) => std::process::exit(code),
+    // Exit here rather than return: returning drops the actix system with whatever tasks are
+    // still parked in it (pool connections, client sessions), and a drop during runtime
+    // teardown can panic (seen once in the chaos suite, exit 70 after a clean drain). Everything
+    // that matters is committed by now.
+    let code = match code {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("orderstream: {e:#}");
-            std::process::exit(1);
+            1
         }
-    }
+    };
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
 }

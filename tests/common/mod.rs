@@ -471,7 +471,7 @@ impl Drop for Env {
         for log in logs {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(40)..];
+            let tail = &lines[lines.len().saturating_sub(120)..];
             eprintln!(
                 "===== {} (last {} lines)\n{}",
                 log.display(),
