@@ -39,19 +39,10 @@ impl Chaos {
             peak_rss: 0,
         };
         for _ in 0..3 {
-            chaos.produce(backlog / 3);
+            chaos.env.produce(partitions, backlog / 3);
             chaos.send_invalid().await;
         }
         chaos
-    }
-
-    fn produce(&self, count: u64) {
-        let (code, err) = self.env.run_to_end(
-            self.partitions,
-            &["produce", "--count", &count.to_string(), "--rate", "50000"],
-            Duration::from_secs(300),
-        );
-        assert_eq!(code, Some(0), "{err}");
     }
 
     async fn send_invalid(&self) {

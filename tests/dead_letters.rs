@@ -16,12 +16,7 @@ async fn invalid_records_are_dead_lettered_and_valid_ones_stay_exact() {
     let env = Env::start();
     env.migrate(PARTITIONS);
 
-    let (code, err) = env.run_to_end(
-        PARTITIONS,
-        &["produce", "--count", "5000", "--rate", "20000"],
-        Duration::from_secs(120),
-    );
-    assert_eq!(code, Some(0), "{err}");
+    env.produce(PARTITIONS, 5000);
     // ~1%: every kind of invalid record, several times, spread over the partitions.
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", env.broker.addr())
@@ -42,12 +37,7 @@ async fn invalid_records_are_dead_lettered_and_valid_ones_stay_exact() {
                 .unwrap();
         }
     }
-    let (code, err) = env.run_to_end(
-        PARTITIONS,
-        &["produce", "--count", "5000", "--rate", "20000"],
-        Duration::from_secs(120),
-    );
-    assert_eq!(code, Some(0), "{err}");
+    env.produce(PARTITIONS, 5000);
 
     let records = common::read_topic(&env.broker.addr(), &env.names.topic);
     let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
@@ -167,12 +157,7 @@ async fn orders_mysql_refuses_are_bisected_out_and_dead_lettered() {
     .await
     .unwrap();
 
-    let (code, err) = env.run_to_end(
-        PARTITIONS,
-        &["produce", "--count", "4000", "--rate", "20000"],
-        Duration::from_secs(120),
-    );
-    assert_eq!(code, Some(0), "{err}");
+    env.produce(PARTITIONS, 4000);
     let records = common::read_topic(&env.broker.addr(), &env.names.topic);
     let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
     let mut refused = BTreeMap::new();
@@ -251,12 +236,7 @@ async fn partition_is_held_while_the_dead_letter_topic_is_unreachable() {
     std::fs::write(&outage, b"").unwrap();
 
     // 1,000 valid orders, then one invalid record, then 1,000 more.
-    let (code, err) = env.run_to_end(
-        PARTITIONS,
-        &["produce", "--count", "1000", "--rate", "20000"],
-        Duration::from_secs(60),
-    );
-    assert_eq!(code, Some(0), "{err}");
+    env.produce(PARTITIONS, 1000);
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", env.broker.addr())
         .create()
@@ -271,12 +251,7 @@ async fn partition_is_held_while_the_dead_letter_topic_is_unreachable() {
         .await
         .unwrap()
         .offset;
-    let (code, err) = env.run_to_end(
-        PARTITIONS,
-        &["produce", "--count", "1000", "--rate", "20000"],
-        Duration::from_secs(60),
-    );
-    assert_eq!(code, Some(0), "{err}");
+    env.produce(PARTITIONS, 1000);
 
     let failpoint = format!("dead_letter_publish=fail_while:{}", outage.display());
     // Small batches, so the ones before the invalid record are not held with it.

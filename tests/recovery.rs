@@ -26,12 +26,7 @@ async fn sigkill_halfway_then_restart_is_exact() {
     const PARTITIONS: i32 = 3;
     let env = Env::start();
     env.migrate(PARTITIONS);
-    let (code, err) = env.run_to_end(
-        PARTITIONS,
-        &["produce", "--count", "20000", "--rate", "20000"],
-        Duration::from_secs(180),
-    );
-    assert_eq!(code, Some(0), "{err}");
+    env.produce(PARTITIONS, 20000);
     let pool = env.mysql(PARTITIONS).await;
 
     // Small batches so that "halfway" is many transactions in.
@@ -123,12 +118,7 @@ async fn drain_timeout_abandons_a_stuck_batch_and_exits_0() {
     .await;
     let cql = env.cql.proc.as_ref().unwrap();
     cql.signal("STOP");
-    let (code, err) = env.run_to_end(
-        PARTITIONS,
-        &["produce", "--count", "3000", "--rate", "20000"],
-        Duration::from_secs(60),
-    );
-    assert_eq!(code, Some(0), "{err}");
+    env.produce(PARTITIONS, 3000);
     common::eventually(Duration::from_secs(30), "records consumed", || async {
         common::metric_sum(
             &common::scrape(env.http_port),

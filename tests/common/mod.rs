@@ -434,6 +434,16 @@ impl Env {
         }
     }
 
+    /// Produces `count` simulated orders as fast as the broker takes them; asserts exit 0.
+    pub fn produce(&self, partitions: i32, count: u64) {
+        let (code, err) = self.run_to_end(
+            partitions,
+            &["produce", "--count", &count.to_string(), "--rate", "50000"],
+            Duration::from_secs(300),
+        );
+        assert_eq!(code, Some(0), "produce failed: {err}");
+    }
+
     pub fn migrate(&self, partitions: i32) {
         let (code, err) = self.run_to_end(partitions, &["migrate"], Duration::from_secs(120));
         assert_eq!(code, Some(0), "migrate failed: {err}");
