@@ -81,13 +81,14 @@ impl OrderProducer {
             self.generator_for = Some((grant.node, grant.floor_ms));
         }
         let mut rng = rand::thread_rng();
+        let mut highest_ms = None;
         while self.sent < due {
             let now = chrono::Utc::now().timestamp_millis();
             let id_ms = self.generator.ids().next_ms(now);
             if !grant.allows(id_ms) {
                 break;
             }
-            self.lease.used(id_ms);
+            highest_ms = Some(id_ms);
             let order = self.generator.next(now, &mut rng);
             let key = order.order_id.to_string();
             let payload = order.to_json();
@@ -117,6 +118,10 @@ impl OrderProducer {
                 // is simply never used.
                 Err(_) => break,
             }
+        }
+        // Once per tick, not per order: the next renewal reserves past what was used.
+        if let Some(ms) = highest_ms {
+            self.lease.used(ms);
         }
         if self.count > 0 && self.acked.load(Ordering::Relaxed) >= self.count {
             if let Some(done) = self.done.take() {
