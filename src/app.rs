@@ -183,17 +183,25 @@ pub async fn run(
     let pool = stores.mysql.clone();
     let owner = instance_name();
     tracing::info!(%owner, topic = %cfg.kafka.topic, "pipeline starting");
-    let pipeline = Pipeline::new(cfg.clone(), stores, health, owner).start();
+    let (exit_tx, mut exit_rx) = tokio::sync::mpsc::channel(1);
+    let pipeline = Pipeline::new(cfg.clone(), stores, health, owner, exit_tx).start();
     let producer = match produce_rate {
         Some(rate) => Some(start_producer(&cfg, pool, rate, 0, None).await?),
         None => None,
     };
-    crate::shutdown_signal().await;
-    tracing::info!("shutdown requested: draining");
+    let failed = tokio::select! {
+        _ = crate::shutdown_signal() => None,
+        code = exit_rx.recv() => code,
+    };
     if let Some((p, lease)) = producer {
         let _ = p.send(crate::actors::Halt).await;
         lease.stop().await;
     }
+    if let Some(code) = failed {
+        // The supervisor has already halted the data path and said why.
+        return Ok(code);
+    }
+    tracing::info!("shutdown requested: draining");
     let drained = pipeline.send(Drain).await.unwrap_or(false);
     if drained {
         tracing::info!("drained cleanly");

@@ -3,6 +3,8 @@
 //! `ORDERSTREAM_FAILPOINTS` holds comma-separated `name=action` items:
 //! - `exit@N`: the process exits abruptly (as SIGKILL would: no drain, no flush) the N-th time
 //!   the named point is reached (`hit`);
+//! - `panic@N`: the N-th time the point is reached, the code panics there (the panic hook in
+//!   `main` must turn that into an exit, never a zombie);
 //! - `fail_while:PATH`: the named operation fails while the file PATH exists (`failing`). This
 //!   stands in for faults the test servers cannot produce selectively (tansu 0.6 cannot delete
 //!   one topic without losing the others, say); the test removes the file to end the fault.
@@ -16,6 +18,7 @@ use std::sync::OnceLock;
 
 enum Action {
     ExitAt { count: AtomicU64, at: u64 },
+    PanicAt { count: AtomicU64, at: u64 },
     FailWhile(PathBuf),
 }
 
@@ -31,6 +34,11 @@ fn plan() -> &'static HashMap<String, Action> {
                         count: AtomicU64::new(0),
                         at: n.parse().ok()?,
                     }
+                } else if let Some(n) = action.strip_prefix("panic@") {
+                    Action::PanicAt {
+                        count: AtomicU64::new(0),
+                        at: n.parse().ok()?,
+                    }
                 } else {
                     Action::FailWhile(PathBuf::from(action.strip_prefix("fail_while:")?))
                 };
@@ -40,13 +48,18 @@ fn plan() -> &'static HashMap<String, Action> {
     })
 }
 
-/// Marks a point; exits the process when the plan says so.
+/// Marks a point; exits or panics when the plan says so.
+#[allow(clippy::panic)]
 pub fn hit(name: &str) {
-    if let Some(Action::ExitAt { count, at }) = plan().get(name) {
-        if count.fetch_add(1, Ordering::SeqCst) + 1 == *at {
+    match plan().get(name) {
+        Some(Action::ExitAt { count, at }) if count.fetch_add(1, Ordering::SeqCst) + 1 == *at => {
             eprintln!("failpoint {name} reached: exiting abruptly");
             std::process::exit(137);
         }
+        Some(Action::PanicAt { count, at }) if count.fetch_add(1, Ordering::SeqCst) + 1 == *at => {
+            panic!("failpoint {name} reached: injected panic");
+        }
+        _ => {}
     }
 }
 

@@ -83,11 +83,22 @@ pub struct Pipeline {
     restarts: VecDeque<Instant>,
     generation: u64,
     draining: bool,
+    /// Where the process learns that it must exit, and with which code. (`System::stop` would
+    /// not do: `main` runs the system with `block_on`, which ignores it, and the process lived
+    /// on without a data path; the chaos suite's budget test found that.)
+    exit: mpsc::Sender<i32>,
 }
 
 impl Pipeline {
-    pub fn new(cfg: Arc<Config>, stores: Stores, health: Arc<Health>, owner: String) -> Self {
+    pub fn new(
+        cfg: Arc<Config>,
+        stores: Stores,
+        health: Arc<Health>,
+        owner: String,
+        exit: mpsc::Sender<i32>,
+    ) -> Self {
         Self {
+            exit,
             cfg,
             stores,
             health,
@@ -193,6 +204,11 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Asks `app::run` to end the process with `code` (the first request wins).
+    fn exit(&self, code: i32) {
+        let _ = self.exit.try_send(code);
+    }
+
     fn restart(&mut self, actor: &'static str, error: String, ctx: &mut Context<Self>) {
         if let Some(path) = self.path.take() {
             path.halt();
@@ -218,7 +234,7 @@ impl Pipeline {
                 self.restarts.len(),
                 self.cfg.supervision.restart_window_ms
             );
-            System::current().stop_with_code(EXIT_BUDGET_SPENT);
+            self.exit(EXIT_BUDGET_SPENT);
             return;
         }
         self.restarts.push_back(now);
@@ -286,7 +302,7 @@ impl Handler<ActorFailed> for Pipeline {
             if let Some(path) = self.path.take() {
                 path.halt();
             }
-            System::current().stop_with_code(EXIT_FATAL);
+            self.exit(EXIT_FATAL);
             return;
         }
         self.restart(msg.actor, msg.error, ctx);

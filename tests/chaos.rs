@@ -13,6 +13,7 @@ use rand::Rng;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
+use crate::common::fault_proxy::FaultProxy;
 use crate::common::{self, Env, Proc};
 
 /// The pipeline's memory budget for these runs.
@@ -71,14 +72,19 @@ impl Chaos {
         )
     }
 
-    /// A second instance in the same group, on its own operations port.
-    fn run_second(&self, port: u16) -> Proc {
-        let listen = format!("127.0.0.1:{port}");
+    /// `run` with extra environment variables.
+    fn run_with(&self, extra: &[(&str, &str)]) -> Proc {
         self.env.spawn_with(
             self.partitions,
             &["run", "--set", "pipeline.max_orders=500"],
-            &[("ORDERSTREAM__HTTP__LISTEN", &listen)],
+            extra,
         )
+    }
+
+    /// A second instance in the same group, on its own operations port.
+    fn run_second(&self, port: u16) -> Proc {
+        let listen = format!("127.0.0.1:{port}");
+        self.run_with(&[("ORDERSTREAM__HTTP__LISTEN", &listen)])
     }
 
     async fn applied_async(&self) -> i64 {
@@ -402,4 +408,64 @@ async fn memory_stays_bounded_while_cql_is_frozen_under_5000_per_s() {
         resumed.elapsed().as_secs_f64()
     );
     chaos.finish(run, "cql frozen 60 s at 5,000/s").await;
+}
+
+/// Latency and dropped connections between the pipeline and each store, through the fault
+/// proxy (tests/common/fault_proxy.rs), under a steady 1,000 orders/s. For each store in turn:
+/// 50 ms added each way, then every connection reset three times, then 5 s in which every new
+/// connection is reset too. These are outages, so no restart may be counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn latency_and_dropped_connections_to_each_store() {
+    let _heavy = common::heavy();
+    let chaos = Chaos::start(3, 3_000).await;
+    let cql = FaultProxy::start(chaos.env.cql.port).await;
+    let sql = FaultProxy::start(chaos.env.mariadb.port).await;
+    let contact = format!("[\"127.0.0.1:{}\"]", cql.port);
+    let sql_port = sql.port.to_string();
+    let run = chaos.run_with(&[
+        ("ORDERSTREAM__CASSANDRA__CONTACT_POINTS", &contact),
+        ("ORDERSTREAM__MYSQL__PORT", &sql_port),
+    ]);
+    chaos.wait_applied(3_000).await;
+    let mut producer = chaos.env.spawn(
+        chaos.partitions,
+        &["produce", "--count", "40000", "--rate", "1000"],
+    );
+
+    for (store, proxy) in [("cassandra", &cql), ("mysql", &sql)] {
+        proxy.set_latency(Duration::from_millis(50));
+        let slow = Instant::now();
+        let before = chaos.applied_async().await;
+        chaos.wait_applied(before + 2_000).await;
+        let slow_rate = 2_000.0 / slow.elapsed().as_secs_f64();
+
+        let mut cut = 0;
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cut += proxy.cut();
+        }
+        proxy.refuse(true);
+        cut += proxy.cut();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        proxy.refuse(false);
+        proxy.set_latency(Duration::ZERO);
+        let healed = Instant::now();
+        let after = chaos.applied_async().await;
+        chaos.wait_applied(after + 2_000).await;
+        println!(
+            "FIGURES proxy {store}: {slow_rate:.0} orders/s applied with 50 ms each way; \
+             {cut} open connections reset, {:?} (accepted, reset) in all; \
+             2,000 more applied {:.1} s after healing",
+            proxy.counts(),
+            healed.elapsed().as_secs_f64()
+        );
+    }
+    assert_eq!(producer.wait(Duration::from_secs(120)), Some(0));
+    chaos.wait_applied(chaos.total()).await;
+    assert_eq!(
+        restarts(chaos.env.http_port),
+        0.0,
+        "latency and dropped connections are outages, not restarts"
+    );
+    chaos.finish(run, "fault proxy: latency + resets").await;
 }

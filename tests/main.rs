@@ -14,3 +14,4 @@ mod migrate;
 mod pipeline;
 mod producer;
 mod recovery;
+mod supervision;
