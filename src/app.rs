@@ -142,6 +142,7 @@ async fn start_producer(
     rate: u32,
     count: u64,
     done: Option<tokio::sync::oneshot::Sender<u64>>,
+    health: Option<Arc<Health>>,
 ) -> anyhow::Result<(Addr<OrderProducer>, LeaseKeeper)> {
     let name = format!("{}-producer", instance_name());
     let keeper = LeaseKeeper::start(
@@ -160,6 +161,7 @@ async fn start_producer(
         count,
         keeper.window(),
         done,
+        health,
     )
     .start();
     Ok((actor, keeper))
@@ -186,7 +188,7 @@ pub async fn run(
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::channel(1);
     let pipeline = Pipeline::new(cfg.clone(), stores, health, owner, exit_tx).start();
     let producer = match produce_rate {
-        Some(rate) => Some(start_producer(&cfg, pool, rate, 0, None).await?),
+        Some(rate) => Some(start_producer(&cfg, pool, rate, 0, None, None).await?),
         None => None,
     };
     let failed = tokio::select! {
@@ -216,7 +218,8 @@ pub async fn run(
 /// `produce`: the producer alone; with a count, exits 0 once every order is acknowledged.
 pub async fn produce(cfg: Config, rate: u32, count: u64) -> anyhow::Result<i32> {
     let health = Arc::new(Health::default());
-    start_http(&cfg, health).await?;
+    health.progress();
+    start_http(&cfg, health.clone()).await?;
     let pool = mysql::connect(&cfg.mysql).await?;
     wait_for(
         &cfg,
@@ -226,7 +229,9 @@ pub async fn produce(cfg: Config, rate: u32, count: u64) -> anyhow::Result<i32> 
     )
     .await?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let (producer, lease) = start_producer(&cfg, pool, rate, count, Some(tx)).await?;
+    let (producer, lease) =
+        start_producer(&cfg, pool, rate, count, Some(tx), Some(health.clone())).await?;
+    health.set_ready(true);
     tokio::select! {
         acked = rx => {
             let acked = acked.unwrap_or(0);

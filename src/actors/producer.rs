@@ -20,7 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::actors::Halt;
 use crate::node_lease::LeaseWindow;
 use crate::simulation::{IdGenerator, OrderGenerator};
-use crate::telemetry;
+use crate::telemetry::{self, Health};
 
 pub struct OrderProducer {
     producer: FutureProducer,
@@ -38,6 +38,9 @@ pub struct OrderProducer {
     failed: Arc<AtomicU64>,
     /// Told when `count` orders are acknowledged.
     done: Option<tokio::sync::oneshot::Sender<u64>>,
+    /// The `produce` command's liveness: an acknowledged order is progress. (Inside `run`, the
+    /// pipeline's own progress drives `/healthz` instead.)
+    health: Option<Arc<Health>>,
 }
 
 impl OrderProducer {
@@ -48,6 +51,7 @@ impl OrderProducer {
         count: u64,
         lease: Arc<LeaseWindow>,
         done: Option<tokio::sync::oneshot::Sender<u64>>,
+        health: Option<Arc<Health>>,
     ) -> Self {
         Self {
             producer,
@@ -62,6 +66,7 @@ impl OrderProducer {
             acked: Arc::default(),
             failed: Arc::default(),
             done,
+            health,
         }
     }
 
@@ -98,12 +103,16 @@ impl OrderProducer {
                     self.sent += 1;
                     let acked = self.acked.clone();
                     let failed = self.failed.clone();
+                    let health = self.health.clone();
                     ctx.spawn(
                         async move {
                             match delivery.await {
                                 Ok(Ok(_)) => {
                                     acked.fetch_add(1, Ordering::Relaxed);
                                     counter!(telemetry::PRODUCER_ORDERS).increment(1);
+                                    if let Some(health) = &health {
+                                        health.progress();
+                                    }
                                 }
                                 _ => {
                                     failed.fetch_add(1, Ordering::Relaxed);
