@@ -56,7 +56,7 @@ fn wait_for_port(port: u16, what: &str, child: &mut Child, timeout: Duration) {
     panic!("{what} did not listen on {port} within {timeout:?}");
 }
 
-fn find_program(name: &str, extra: &[&str]) -> Option<PathBuf> {
+pub fn find_program(name: &str, extra: &[&str]) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
