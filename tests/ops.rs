@@ -280,6 +280,20 @@ fn compose_stack_is_production_ready() {
         ".env is ignored"
     );
 
+    // The scripts that ship with the stack at least parse.
+    for (shell, script) in [
+        ("bash", "scripts/compose-chaos"),
+        ("sh", "docker/mysql-init/10-users.sh"),
+    ] {
+        let ok = Command::new(shell)
+            .arg("-n")
+            .arg(repo(script))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{script} does not parse");
+    }
+
     assert!(
         errors.is_empty(),
         "compose problems:\n{}",
