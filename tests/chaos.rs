@@ -110,7 +110,7 @@ impl Chaos {
     }
 
     fn sample_rss(&mut self, proc: &Proc) {
-        self.peak_rss = self.peak_rss.max(peak_rss(proc));
+        self.peak_rss = self.peak_rss.max(common::peak_rss(proc));
     }
 
     /// Waits for the ledger to reach the log end, stops `run` and checks everything.
@@ -165,17 +165,6 @@ impl Chaos {
             self.started.elapsed().as_secs_f64()
         );
     }
-}
-
-/// Peak resident memory of a process (VmHWM), in bytes.
-fn peak_rss(proc: &Proc) -> u64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", proc.child.id())).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 fn restarts(port: u16) -> f64 {

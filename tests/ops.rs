@@ -301,6 +301,51 @@ fn compose_stack_is_production_ready() {
     );
 }
 
+#[test]
+fn dockerfile_is_multi_stage_non_root_with_a_health_check() {
+    let text = std::fs::read_to_string(repo("Dockerfile")).unwrap();
+    let instructions: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    let stages = instructions
+        .iter()
+        .filter(|l| l.starts_with("FROM "))
+        .count();
+    assert!(stages >= 2, "multi-stage build ({stages} FROM)");
+    let runtime = text.rsplit("\nFROM ").next().unwrap();
+    assert!(
+        runtime.starts_with("debian:") && runtime.contains("-slim"),
+        "slim runtime image"
+    );
+    let user = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the runtime stage sets USER");
+    assert!(
+        !user.starts_with("root") && !user.starts_with("0"),
+        "non-root user: {user}"
+    );
+    assert!(
+        runtime.contains("HEALTHCHECK") && runtime.contains("\"orderstream\", \"healthcheck\""),
+        "health check through `orderstream healthcheck`"
+    );
+    assert!(
+        !instructions
+            .iter()
+            .any(|l| l.contains("--features") || l.contains("--all-features")),
+        "no fault injection (the failpoints feature) in the image"
+    );
+    let ignore = std::fs::read_to_string(repo(".dockerignore")).unwrap();
+    for entry in ["target/", ".git/", ".env"] {
+        assert!(
+            ignore.lines().any(|l| l == entry),
+            ".dockerignore leaves out {entry}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // promtool
 

@@ -110,11 +110,24 @@ impl Drop for Proc {
     }
 }
 
-/// The tansu broker.
+/// Peak resident memory of a process (VmHWM), in bytes; 0 once it has exited.
+pub fn peak_rss(proc: &Proc) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", proc.child.id())).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The tansu broker, or a Kafka-protocol broker that someone else runs (the benchmark's
+/// librdkafka mock cluster).
 pub struct Broker {
     pub port: u16,
     dir: PathBuf,
     pub proc: Option<Proc>,
+    external: Option<String>,
 }
 
 impl Broker {
@@ -125,9 +138,20 @@ impl Broker {
             port: free_port(),
             dir,
             proc: None,
+            external: None,
         };
         b.restart();
         b
+    }
+
+    /// A broker at `bootstrap`, not started or stopped by the harness.
+    pub fn external(bootstrap: &str) -> Broker {
+        Broker {
+            port: 0,
+            dir: PathBuf::new(),
+            proc: None,
+            external: Some(bootstrap.to_owned()),
+        }
     }
 
     pub fn restart(&mut self) {
@@ -159,7 +183,10 @@ impl Broker {
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        match &self.external {
+            Some(bootstrap) => bootstrap.clone(),
+            None => format!("127.0.0.1:{}", self.port),
+        }
     }
 }
 
@@ -322,6 +349,15 @@ impl Env {
     pub fn start() -> Env {
         let root = tempfile::tempdir().unwrap();
         let broker = Broker::start(root.path());
+        Self::with_broker(root, broker)
+    }
+
+    /// CQL and MariaDB started here; Kafka at `bootstrap`, run by the caller.
+    pub fn with_external_kafka(bootstrap: &str) -> Env {
+        Self::with_broker(tempfile::tempdir().unwrap(), Broker::external(bootstrap))
+    }
+
+    fn with_broker(root: tempfile::TempDir, broker: Broker) -> Env {
         let cql = Cql::start(root.path());
         let mariadb = Mariadb::start(root.path());
         Env {

@@ -1,0 +1,580 @@
+//! The end-to-end benchmark: every measurement under the same conditions (the same servers,
+//! started here on this machine, in one run), printed as one table.
+//!
+//!   cargo bench --bench pipeline
+//!
+//! Per broker (the tansu broker, then librdkafka's in-process mock cluster):
+//! - a backlog of ORDERSTREAM_BENCH_ORDERS orders (default 1,000,000) published by
+//!   `orderstream produce`;
+//! - raw limits: a bare rdkafka consumer reading the backlog; the scylla driver inserting the
+//!   same rows (prepared, idempotent, token-aware, like the pipeline) at its best concurrency;
+//!   MySQL ledger transactions per second × the configured batch size;
+//! - the baseline: a bare sequential loop doing the pipeline's job with the same clients
+//!   (consume a batch, write its rows to Cassandra, one MySQL transaction of aggregates plus
+//!   offsets, commit to Kafka) and nothing else;
+//! - the pipeline (`orderstream run`, release build) draining the backlog: sustained throughput
+//!   (orders stored in both stores with the ledger, from 5% to 100% of the backlog) and peak RSS;
+//! - end-to-end latency p50/p99 at a steady 5,000 orders/s (order created → MySQL commit),
+//!   interpolated from the pipeline's own histogram as Prometheus' histogram_quantile does.
+//!
+//! The CQL server is the kassandra emulator in every row (no Cassandra or ScyllaDB runs on these
+//! machines): its figures are the emulator's, not a real cluster's. MySQL is a private MariaDB.
+//! Set ORDERSTREAM_BENCH_BROKERS=tansu (or mock) to run one broker only.
+
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code, clippy::all)]
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use orderstream::batch::{Batch, Content, Record};
+use orderstream::cassandra::CassandraStore;
+use orderstream::config::Config;
+use orderstream::order::{decode, Order};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use common::{Env, Names};
+
+const PARTITIONS: i32 = 6;
+const MAX_RECORD_BYTES: usize = 64 * 1024;
+/// Orders used by the raw Cassandra and MySQL measurements and by the baseline.
+const SAMPLE: usize = 200_000;
+const LATENCY_RATE: u32 = 5_000;
+const LATENCY_ORDERS: u64 = 150_000;
+
+#[derive(Default)]
+struct Figures {
+    produced_per_s: f64,
+    kafka_raw: f64,
+    cql_raw: f64,
+    cql_best_concurrency: usize,
+    mysql_txn_per_s: f64,
+    batch_size: usize,
+    baseline: f64,
+    pipeline: f64,
+    peak_rss_mib: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl Figures {
+    fn mysql_raw(&self) -> f64 {
+        self.mysql_txn_per_s * self.batch_size as f64
+    }
+    fn smallest_raw(&self) -> f64 {
+        self.kafka_raw.min(self.cql_raw).min(self.mysql_raw())
+    }
+}
+
+fn main() {
+    let orders: u64 = std::env::var("ORDERSTREAM_BENCH_ORDERS")
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(1_000_000);
+    let which = std::env::var("ORDERSTREAM_BENCH_BROKERS").unwrap_or_else(|_| "tansu,mock".into());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut columns: Vec<(&str, Figures)> = Vec::new();
+    for broker in which.split(',').map(str::trim) {
+        let figures = match broker {
+            "tansu" => {
+                eprintln!("== tansu broker");
+                runtime.block_on(measure(Env::start(), None, orders))
+            }
+            "mock" => {
+                eprintln!("== librdkafka mock cluster");
+                let mock = MockCluster::new(1).expect("mock cluster");
+                let env = Env::with_external_kafka(&mock.bootstrap_servers());
+                runtime.block_on(measure(env, Some(&mock), orders))
+            }
+            other => panic!("unknown broker {other} (tansu, mock)"),
+        };
+        columns.push((
+            if broker == "tansu" {
+                "tansu 0.6 broker"
+            } else {
+                "librdkafka mock cluster"
+            },
+            figures,
+        ));
+    }
+    print_table(&columns, orders);
+}
+
+/// Fresh keyspace, database and group; the topic kept (`keep_topic`) or new. Migrated.
+fn renew(
+    env: &mut Env,
+    mock: Option<&MockCluster<'_, rdkafka::producer::DefaultProducerContext>>,
+    keep_topic: bool,
+) {
+    let old = env.names.clone();
+    env.names = Names::fresh();
+    if keep_topic {
+        env.names.topic = old.topic;
+        env.names.dlq = old.dlq;
+    } else if let Some(mock) = mock {
+        // The mock cluster has no CreateTopics: its topics are made here.
+        mock.create_topic(&env.names.topic, PARTITIONS, 1).unwrap();
+        mock.create_topic(&env.names.dlq, 3, 1).unwrap();
+    }
+    env.migrate(PARTITIONS);
+}
+
+async fn measure(
+    mut env: Env,
+    mock: Option<&MockCluster<'_, rdkafka::producer::DefaultProducerContext>>,
+    orders: u64,
+) -> Figures {
+    let mut f = Figures::default();
+    renew(&mut env, mock, false);
+    let cfg = env.config(PARTITIONS);
+    f.batch_size = cfg.pipeline.max_orders;
+
+    // The backlog.
+    let started = Instant::now();
+    let (code, err) = env.run_to_end(
+        PARTITIONS,
+        &[
+            "produce",
+            "--count",
+            &orders.to_string(),
+            "--rate",
+            "10000000",
+        ],
+        Duration::from_secs(3600),
+    );
+    assert_eq!(code, Some(0), "produce: {err}");
+    f.produced_per_s = orders as f64 / started.elapsed().as_secs_f64();
+    eprintln!("backlog of {orders} published at {:.0}/s", f.produced_per_s);
+
+    // Raw: a bare consumer reads the whole backlog; the first SAMPLE orders are kept.
+    let (rate, sample) = {
+        let (brokers, topic) = (env.broker.addr(), env.names.topic.clone());
+        tokio::task::spawn_blocking(move || bare_consumer(&brokers, &topic, orders))
+            .await
+            .unwrap()
+    };
+    f.kafka_raw = rate;
+    eprintln!("raw kafka: {rate:.0}/s");
+
+    // Raw: the scylla driver's best concurrency over the same rows.
+    let store = Arc::new(CassandraStore::connect(&cfg.cassandra).await.unwrap());
+    for concurrency in [16, 64, 256, 1024] {
+        let rows = &sample[..50_000.min(sample.len())];
+        let started = Instant::now();
+        insert_all(&store, rows, concurrency).await;
+        let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
+        eprintln!("raw cql at concurrency {concurrency}: {rate:.0}/s");
+        if rate > f.cql_raw {
+            f.cql_raw = rate;
+            f.cql_best_concurrency = concurrency;
+        }
+    }
+
+    // Raw: MySQL ledger transactions, sequential as the aggregator runs them.
+    let pool = env.mysql(PARTITIONS).await;
+    f.mysql_txn_per_s = raw_mysql(&pool, &sample, f.batch_size).await;
+    eprintln!(
+        "raw mysql: {:.1} txn/s × {} = {:.0}/s",
+        f.mysql_txn_per_s,
+        f.batch_size,
+        f.mysql_raw()
+    );
+
+    // The sequential baseline, in its own keyspace and database.
+    renew(&mut env, mock, true);
+    f.baseline = baseline(&env.config(PARTITIONS), SAMPLE as u64).await;
+    eprintln!("baseline: {:.0}/s", f.baseline);
+
+    // The pipeline drains the backlog, in its own keyspace and database.
+    renew(&mut env, mock, true);
+    let (rate, rss) = pipeline_drain(&env, orders).await;
+    f.pipeline = rate;
+    f.peak_rss_mib = rss;
+    eprintln!("pipeline: {rate:.0}/s, peak RSS {rss:.1} MiB");
+
+    // Latency at a steady rate, on a new topic.
+    renew(&mut env, mock, false);
+    (f.p50_ms, f.p99_ms) = latency(&env).await;
+    eprintln!(
+        "latency at {LATENCY_RATE}/s: p50 {:.0} ms, p99 {:.0} ms",
+        f.p50_ms, f.p99_ms
+    );
+    f
+}
+
+/// Reads `count` records with a bare consumer (no group); returns the rate and the first
+/// SAMPLE orders.
+fn bare_consumer(brokers: &str, topic: &str, count: u64) -> (f64, Vec<Order>) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-bare")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut sample = Vec::with_capacity(SAMPLE);
+    let mut seen = 0u64;
+    let started = Instant::now();
+    while seen < count {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => {
+                seen += 1;
+                if sample.len() < SAMPLE {
+                    if let Ok(o) = decode(m.payload().unwrap_or_default(), MAX_RECORD_BYTES) {
+                        sample.push(o);
+                    }
+                }
+            }
+            Some(Err(e)) => panic!("bare consumer: {e}"),
+            None => panic!("bare consumer: nothing for 10 s at {seen}/{count}"),
+        }
+    }
+    (count as f64 / started.elapsed().as_secs_f64(), sample)
+}
+
+async fn insert_all(store: &CassandraStore, rows: &[Order], concurrency: usize) {
+    futures::stream::iter(rows)
+        .map(|o| store.insert(o))
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<()>>()
+        .await
+        .unwrap();
+}
+
+/// Batches of `size` orders spread over the partitions, with contiguous offsets from `next`.
+fn make_batch(
+    seq: u64,
+    orders: &[Order],
+    next: &mut BTreeMap<i32, i64>,
+    epochs: &BTreeMap<i32, i64>,
+) -> Batch {
+    let records: Vec<Record> = orders
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let partition = i as i32 % PARTITIONS;
+            let offset = next.entry(partition).or_insert(0);
+            let record = Record {
+                partition,
+                offset: *offset,
+                epoch: epochs[&partition],
+                bytes: 150,
+                content: Content::Valid(o.clone()),
+            };
+            *offset += 1;
+            record
+        })
+        .collect();
+    // Each partition's records in offset order, as the batcher cuts them.
+    let mut records = records;
+    records.sort_by_key(|r| (r.partition, r.offset));
+    Batch {
+        seq,
+        bytes: records.len() * 150,
+        records,
+        opened_at: Instant::now(),
+    }
+}
+
+async fn claim_all(pool: &sqlx::MySqlPool, topic: &str, owner: &str) -> BTreeMap<i32, i64> {
+    let mut epochs = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        let claim = orderstream::mysql::claim(pool, topic, p, owner, 0)
+            .await
+            .unwrap();
+        epochs.insert(p, claim.epoch);
+    }
+    epochs
+}
+
+/// Sequential ledger transactions of `size` orders; returns transactions per second.
+async fn raw_mysql(pool: &sqlx::MySqlPool, sample: &[Order], size: usize) -> f64 {
+    let topic = "bench_raw_mysql";
+    let epochs = claim_all(pool, topic, "bench").await;
+    let mut next = BTreeMap::new();
+    let batches: Vec<Batch> = sample
+        .chunks(size)
+        .enumerate()
+        .map(|(i, c)| make_batch(i as u64, c, &mut next, &epochs))
+        .collect();
+    let started = Instant::now();
+    for b in &batches {
+        orderstream::mysql::apply_batch(pool, topic, b)
+            .await
+            .unwrap();
+    }
+    batches.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The bare sequential loop; returns orders per second over `count` orders.
+async fn baseline(cfg: &Config, count: u64) -> f64 {
+    let store = CassandraStore::connect(&cfg.cassandra).await.unwrap();
+    let pool = orderstream::mysql::connect(&cfg.mysql).await.unwrap();
+    let topic = &cfg.kafka.topic;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka.brokers)
+        .set("group.id", &cfg.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let epochs = claim_all(&pool, topic, "baseline").await;
+    let ledger = orderstream::mysql::read_ledger(&pool, topic).await.unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for (p, next) in &ledger {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*next))
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let max_wait = Duration::from_millis(cfg.pipeline.max_wait_ms);
+    let mut done = 0u64;
+    let mut seq = 0;
+    let started = Instant::now();
+    while done < count {
+        // Consume one batch.
+        let mut records = Vec::with_capacity(cfg.pipeline.max_orders);
+        let deadline = Instant::now() + max_wait;
+        while records.len() < cfg.pipeline.max_orders {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(next) = tokio::time::timeout(left, consumer.recv()).await else {
+                break;
+            };
+            let m = next.unwrap();
+            let payload = m.payload().unwrap_or_default();
+            let order = decode(payload, MAX_RECORD_BYTES).unwrap();
+            records.push(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                epoch: epochs[&m.partition()],
+                bytes: payload.len(),
+                content: Content::Valid(order),
+            });
+        }
+        if records.is_empty() {
+            continue;
+        }
+        records.sort_by_key(|r| (r.partition, r.offset));
+        let batch = Batch {
+            seq,
+            bytes: records.iter().map(|r| r.bytes).sum(),
+            records,
+            opened_at: Instant::now(),
+        };
+        seq += 1;
+        // Write its rows, then one transaction, then the Kafka commit.
+        let orders: Vec<Order> = batch
+            .records
+            .iter()
+            .filter_map(|r| r.order().cloned())
+            .collect();
+        insert_all(&store, &orders, cfg.cassandra.concurrency).await;
+        let report = orderstream::mysql::apply_batch(&pool, topic, &batch)
+            .await
+            .unwrap();
+        let mut commit = TopicPartitionList::new();
+        for (p, next) in &report.committed {
+            commit
+                .add_partition_offset(topic, *p, Offset::Offset(*next))
+                .unwrap();
+        }
+        consumer.commit(&commit, CommitMode::Sync).unwrap();
+        done += batch.records.len() as u64;
+    }
+    done as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn applied(pool: &sqlx::MySqlPool, topic: &str) -> i64 {
+    orderstream::mysql::read_ledger(pool, topic)
+        .await
+        .map(|l| l.values().sum())
+        .unwrap_or(0)
+}
+
+/// `orderstream run` drains the backlog; returns (orders/s from 5% to 100%, peak RSS MiB).
+async fn pipeline_drain(env: &Env, orders: u64) -> (f64, f64) {
+    let pool = env.mysql(PARTITIONS).await;
+    let topic = env.names.topic.clone();
+    let mut run = env.spawn(PARTITIONS, &["run"]);
+    let from = (orders / 20) as i64;
+    let mut t0 = None;
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let n = applied(&pool, &topic).await;
+        if t0.is_none() && n >= from {
+            t0 = Some((Instant::now(), n));
+        }
+        if n >= orders as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pipeline is stuck at {n}");
+        assert!(
+            run.child.try_wait().unwrap().is_none(),
+            "the pipeline exited during the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (t0, n0) = t0.unwrap();
+    let rate = (orders as i64 - n0) as f64 / t0.elapsed().as_secs_f64();
+    let rss = common::peak_rss(&run) as f64 / (1024.0 * 1024.0);
+    assert_eq!(run.terminate(Duration::from_secs(60)), Some(0));
+    (rate, rss)
+}
+
+/// p50 and p99 end-to-end latency (ms) at LATENCY_RATE orders/s.
+async fn latency(env: &Env) -> (f64, f64) {
+    let pool = env.mysql(PARTITIONS).await;
+    let mut run = env.spawn(PARTITIONS, &["run"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while common::http_status(env.http_port, "/readyz") != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the pipeline did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, err) = env.run_to_end(
+        PARTITIONS,
+        &[
+            "produce",
+            "--count",
+            &LATENCY_ORDERS.to_string(),
+            "--rate",
+            &LATENCY_RATE.to_string(),
+        ],
+        Duration::from_secs(600),
+    );
+    assert_eq!(code, Some(0), "produce: {err}");
+    while applied(&pool, &env.names.topic).await < LATENCY_ORDERS as i64 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = common::scrape(env.http_port);
+    assert_eq!(run.terminate(Duration::from_secs(60)), Some(0));
+    let buckets = histogram(&metrics, "orderstream_pipeline_end_to_end_latency_seconds");
+    (
+        quantile(&buckets, 0.5) * 1000.0,
+        quantile(&buckets, 0.99) * 1000.0,
+    )
+}
+
+/// (upper bound, cumulative count) of a histogram's buckets, +Inf last.
+fn histogram(metrics: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (le, value) = rest.split_once("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Linear interpolation inside the bucket, as Prometheus' histogram_quantile does.
+fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let rank = q * total;
+    let mut previous = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return previous.0;
+            }
+            let within = if count > previous.1 {
+                (rank - previous.1) / (count - previous.1)
+            } else {
+                0.0
+            };
+            return previous.0 + (le - previous.0) * within;
+        }
+        previous = (le, count);
+    }
+    f64::NAN
+}
+
+fn print_table(columns: &[(&str, Figures)], orders: u64) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!();
+    println!(
+        "orderstream end-to-end benchmark: {cpu}, {cores} cores; every server on this machine. \
+         CQL: the kassandra emulator (figures are the emulator's). MySQL: MariaDB."
+    );
+    println!();
+    print!("| measurement |");
+    for (name, _) in columns {
+        print!(" {name} |");
+    }
+    println!();
+    print!("|---|");
+    for _ in columns {
+        print!("---:|");
+    }
+    println!();
+    let row = |label: &str, value: &dyn Fn(&Figures) -> String| {
+        print!("| {label} |");
+        for (_, f) in columns {
+            print!(" {} |", value(f));
+        }
+        println!();
+    };
+    let per_s = |v: f64| format!("{:.0}/s", v);
+    row(
+        &format!("backlog: {orders} orders published (`orderstream produce`)"),
+        &|f| per_s(f.produced_per_s),
+    );
+    row("raw: bare rdkafka consumer", &|f| per_s(f.kafka_raw));
+    row(
+        "raw: scylla driver inserts (emulator), best concurrency",
+        &|f| format!("{} (at {})", per_s(f.cql_raw), f.cql_best_concurrency),
+    );
+    row("raw: MySQL ledger transactions × batch size", &|f| {
+        format!(
+            "{:.1} txn/s × {} = {}",
+            f.mysql_txn_per_s,
+            f.batch_size,
+            per_s(f.mysql_raw())
+        )
+    });
+    row("baseline: sequential loop", &|f| per_s(f.baseline));
+    row("**pipeline: sustained throughput**", &|f| per_s(f.pipeline));
+    row("pipeline ÷ baseline (target ≥ 3×)", &|f| {
+        format!("{:.2}×", f.pipeline / f.baseline)
+    });
+    row("pipeline ÷ smallest raw limit (target ≥ 80%)", &|f| {
+        format!("{:.0}%", 100.0 * f.pipeline / f.smallest_raw())
+    });
+    row(
+        &format!("end-to-end latency p50 / p99 at {LATENCY_RATE}/s (target p99 < 1 s)"),
+        &|f| format!("{:.0} ms / {:.0} ms", f.p50_ms, f.p99_ms),
+    );
+    row(
+        &format!("peak RSS draining {orders} orders (target < 256 MiB)"),
+        &|f| format!("{:.1} MiB", f.peak_rss_mib),
+    );
+}
