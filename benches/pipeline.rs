@@ -191,7 +191,7 @@ async fn measure(
 
     // The sequential baseline, in its own keyspace and database.
     renew(&mut env, mock, true);
-    f.baseline = baseline(&env.config(PARTITIONS), SAMPLE as u64).await;
+    f.baseline = baseline(&env.config(PARTITIONS), orders.min(SAMPLE as u64)).await;
     eprintln!("baseline: {:.0}/s", f.baseline);
 
     // The pipeline drains the backlog, in its own keyspace and database.

@@ -92,20 +92,38 @@ fn admin(cfg: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, KafkaEr
 }
 
 /// Creates the orders and dead-letter topics when missing. Safe to repeat and to race.
+///
+/// Topics that exist already are left alone, so a deployment may create them itself (a broker
+/// without CreateTopics, like librdkafka's mock cluster, or a user without that ACL).
 pub async fn create_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
-    let admin = admin(cfg)?;
-    let topics = [
-        NewTopic::new(
-            &cfg.topic,
-            cfg.partitions,
-            TopicReplication::Fixed(cfg.replication_factor),
-        ),
-        NewTopic::new(
-            &cfg.dead_letter_topic,
-            cfg.partitions.clamp(1, 3),
-            TopicReplication::Fixed(cfg.replication_factor),
-        ),
+    let wanted = vec![
+        (cfg.topic.clone(), cfg.partitions),
+        (cfg.dead_letter_topic.clone(), cfg.partitions.clamp(1, 3)),
     ];
+    let check = cfg.clone();
+    let probe = wanted.clone();
+    let missing: Vec<(String, i32)> = tokio::task::spawn_blocking(move || {
+        probe
+            .into_iter()
+            .filter(|(topic, _)| partition_count(&check, topic).is_err())
+            .collect()
+    })
+    .await
+    .unwrap_or(wanted);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let admin = admin(cfg)?;
+    let topics: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|(topic, partitions)| {
+            NewTopic::new(
+                topic,
+                *partitions,
+                TopicReplication::Fixed(cfg.replication_factor),
+            )
+        })
+        .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_millis(u64::from(
         cfg.request_timeout_ms,
     ))));
