@@ -104,7 +104,9 @@ pub struct KafkaConfig {
     /// stops polling (backpressure pauses partitions instead), so this can stay short; with
     /// Kafka's 300 s default, a rebalance after a broker freeze can stall for 5 minutes.
     pub max_poll_interval_ms: u32,
-    /// Upper bound of librdkafka's consumer prefetch queue, per partition.
+    /// Upper bound of librdkafka's consumer prefetch queue (counted per partition by the memory
+    /// check, to be safe). It should hold a whole fetch round (about 1 MiB per partition), or
+    /// the consumer idles between rounds.
     pub queued_max_messages_kbytes: u32,
     /// Upper bound of librdkafka's producer queue.
     pub producer_queue_max_kbytes: u32,
@@ -126,7 +128,7 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             session_timeout_ms: 10_000,
             max_poll_interval_ms: 30_000,
-            queued_max_messages_kbytes: 4_096,
+            queued_max_messages_kbytes: 16_384,
             producer_queue_max_kbytes: 16_384,
             request_timeout_ms: 10_000,
             debug: String::new(),
@@ -234,7 +236,7 @@ impl Default for PipelineConfig {
             max_orders: 2_000,
             max_bytes: 1024 * 1024,
             max_wait_ms: 200,
-            max_in_flight_batches: 8,
+            max_in_flight_batches: 16,
             max_record_bytes: 64 * 1024,
             memory_budget_bytes: 256 * 1024 * 1024,
             drain_timeout_ms: 10_000,

@@ -51,7 +51,12 @@ pub fn consumer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
             "queued.max.messages.kbytes",
             cfg.queued_max_messages_kbytes.to_string(),
         )
-        .set("queued.min.messages", "1000")
+        // Prefetch is bounded by queued.max.messages.kbytes alone. A low queued.min.messages
+        // (1,000 here before) or librdkafka's 1 s fetch.queue.backoff.ms left the consumer idle
+        // for a second after every fetch round once the queue filled: the pipeline drained in
+        // waves at a third of the broker's rate (found by the end-to-end benchmark).
+        .set("queued.min.messages", "100000")
+        .set("fetch.queue.backoff.ms", "10")
         .set("partition.assignment.strategy", "range,roundrobin")
         .set(
             "socket.timeout.ms",
