@@ -544,6 +544,20 @@ fn is_numeric(type_name: &str) -> bool {
     .any(|n| t.starts_with(n))
 }
 
+/// A pool on the test's database as another MySQL user.
+async fn pool_as(env: &Env, partitions: i32, user: &str, password: &str) -> sqlx::MySqlPool {
+    let vars = env
+        .vars(partitions)
+        .into_iter()
+        .chain([
+            ("ORDERSTREAM__MYSQL__USER".into(), user.into()),
+            ("ORDERSTREAM__MYSQL__PASSWORD".into(), password.into()),
+        ])
+        .collect::<Vec<_>>();
+    let cfg = orderstream::config::Config::load(None, vars, &[]).unwrap();
+    orderstream::mysql::connect(&cfg.mysql).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dashboards_and_alerts_return_data_from_a_real_prometheus_and_mariadb() {
     let _heavy = common::heavy();
@@ -628,20 +642,7 @@ async fn dashboards_and_alerts_return_data_from_a_real_prometheus_and_mariadb() 
     common::promtool_check(&common::scrape(env.http_port));
 
     // The sales dashboard, as Grafana's read-only user, in UTC as its datasource says.
-    let grafana_cfg = orderstream::config::Config::load(
-        None,
-        env.vars(PARTITIONS)
-            .into_iter()
-            .chain([
-                ("ORDERSTREAM__MYSQL__USER".into(), "grafana".into()),
-                ("ORDERSTREAM__MYSQL__PASSWORD".into(), "grafana-pw".into()),
-            ])
-            .collect::<Vec<_>>(),
-        &[],
-    )
-    .unwrap()
-    .mysql;
-    let grafana = orderstream::mysql::connect(&grafana_cfg).await.unwrap();
+    let grafana = pool_as(&env, PARTITIONS, "grafana", "grafana-pw").await;
     let mut conn = grafana.acquire().await.unwrap();
     sqlx::raw_sql("SET time_zone = '+00:00'")
         .execute(&mut *conn)
@@ -693,20 +694,7 @@ async fn dashboards_and_alerts_return_data_from_a_real_prometheus_and_mariadb() 
         .execute(&mut *conn)
         .await;
     assert!(write.is_err(), "the grafana user must not write");
-    let pipeline_cfg = orderstream::config::Config::load(
-        None,
-        env.vars(PARTITIONS)
-            .into_iter()
-            .chain([
-                ("ORDERSTREAM__MYSQL__USER".into(), "orderstream".into()),
-                ("ORDERSTREAM__MYSQL__PASSWORD".into(), "pipeline-pw".into()),
-            ])
-            .collect::<Vec<_>>(),
-        &[],
-    )
-    .unwrap()
-    .mysql;
-    let pipeline_pool = orderstream::mysql::connect(&pipeline_cfg).await.unwrap();
+    let pipeline_pool = pool_as(&env, PARTITIONS, "orderstream", "pipeline-pw").await;
     let ddl = sqlx::raw_sql("CREATE TABLE intruder (a INT)")
         .execute(&pipeline_pool)
         .await;
