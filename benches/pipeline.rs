@@ -47,9 +47,12 @@ const MAX_RECORD_BYTES: usize = 64 * 1024;
 const SAMPLE: usize = 200_000;
 const LATENCY_RATE: u32 = 5_000;
 const LATENCY_ORDERS: u64 = 150_000;
+/// The largest backlog measured on the mock cluster (see `main`).
+const MOCK_MAX_ORDERS: u64 = 100_000;
 
 #[derive(Default)]
 struct Figures {
+    orders: u64,
     produced_per_s: f64,
     kafka_raw: f64,
     cql_raw: f64,
@@ -90,7 +93,11 @@ fn main() {
                 runtime.block_on(measure(Env::start(), None, orders))
             }
             "mock" => {
-                eprintln!("== librdkafka mock cluster");
+                // The mock cluster keeps only the newest messages of a partition (a 1,000,000
+                // backlog lost its head: the bare consumer stalled at 162,392), so its backlog
+                // is capped.
+                let orders = orders.min(MOCK_MAX_ORDERS);
+                eprintln!("== librdkafka mock cluster ({orders} orders)");
                 let mock = MockCluster::new(1).expect("mock cluster");
                 let env = Env::with_external_kafka(&mock.bootstrap_servers());
                 runtime.block_on(measure(env, Some(&mock), orders))
@@ -106,7 +113,7 @@ fn main() {
             figures,
         ));
     }
-    print_table(&columns, orders);
+    print_table(&columns);
 }
 
 /// Fresh keyspace, database and group; the topic kept (`keep_topic`) or new. Migrated.
@@ -133,7 +140,10 @@ async fn measure(
     mock: Option<&MockCluster<'_, rdkafka::producer::DefaultProducerContext>>,
     orders: u64,
 ) -> Figures {
-    let mut f = Figures::default();
+    let mut f = Figures {
+        orders,
+        ..Figures::default()
+    };
     renew(&mut env, mock, false);
     let cfg = env.config(PARTITIONS);
     f.batch_size = cfg.pipeline.max_orders;
@@ -509,7 +519,7 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
     f64::NAN
 }
 
-fn print_table(columns: &[(&str, Figures)], orders: u64) {
+fn print_table(columns: &[(&str, Figures)]) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -544,10 +554,9 @@ fn print_table(columns: &[(&str, Figures)], orders: u64) {
         println!();
     };
     let per_s = |v: f64| format!("{:.0}/s", v);
-    row(
-        &format!("backlog: {orders} orders published (`orderstream produce`)"),
-        &|f| per_s(f.produced_per_s),
-    );
+    row("backlog published (`orderstream produce`)", &|f| {
+        format!("{} orders at {}", f.orders, per_s(f.produced_per_s))
+    });
     row("raw: bare rdkafka consumer", &|f| per_s(f.kafka_raw));
     row(
         "raw: scylla driver inserts (emulator), best concurrency",
@@ -573,8 +582,7 @@ fn print_table(columns: &[(&str, Figures)], orders: u64) {
         &format!("end-to-end latency p50 / p99 at {LATENCY_RATE}/s (target p99 < 1 s)"),
         &|f| format!("{:.0} ms / {:.0} ms", f.p50_ms, f.p99_ms),
     );
-    row(
-        &format!("peak RSS draining {orders} orders (target < 256 MiB)"),
-        &|f| format!("{:.1} MiB", f.peak_rss_mib),
-    );
+    row("peak RSS draining the backlog (target < 256 MiB)", &|f| {
+        format!("{:.1} MiB", f.peak_rss_mib)
+    });
 }
