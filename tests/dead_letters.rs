@@ -62,7 +62,12 @@ async fn invalid_records_are_dead_lettered_and_valid_ones_stay_exact() {
     let pool = env.mysql(PARTITIONS).await;
     let mut run = env.spawn(PARTITIONS, &["run"]);
     common::ledger_reaches(&pool, &env.names.topic, &ends).await;
-    let metrics = common::scrape(env.http_port);
+    let metrics = common::scrape_when(
+        env.http_port,
+        "orderstream_mysql_orders_applied_total",
+        10_000.0,
+    )
+    .await;
     assert_eq!(run.terminate(Duration::from_secs(30)), Some(0));
 
     // Dead letters: exactly the invalid records, by source partition and offset, with reasons.
