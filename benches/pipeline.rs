@@ -272,7 +272,7 @@ fn make_batch(
     next: &mut BTreeMap<i32, i64>,
     epochs: &BTreeMap<i32, i64>,
 ) -> Batch {
-    let records: Vec<Record> = orders
+    let mut records: Vec<Record> = orders
         .iter()
         .enumerate()
         .map(|(i, o)| {
@@ -290,7 +290,6 @@ fn make_batch(
         })
         .collect();
     // Each partition's records in offset order, as the batcher cuts them.
-    let mut records = records;
     records.sort_by_key(|r| (r.partition, r.offset));
     Batch {
         seq,
@@ -406,13 +405,6 @@ async fn baseline(cfg: &Config, count: u64) -> f64 {
     done as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn applied(pool: &sqlx::MySqlPool, topic: &str) -> i64 {
-    orderstream::mysql::read_ledger(pool, topic)
-        .await
-        .map(|l| l.values().sum())
-        .unwrap_or(0)
-}
-
 /// `orderstream run` drains the backlog; returns (orders/s from 5% to 100%, peak RSS MiB).
 async fn pipeline_drain(env: &Env, orders: u64) -> (f64, f64) {
     let pool = env.mysql(PARTITIONS).await;
@@ -422,7 +414,7 @@ async fn pipeline_drain(env: &Env, orders: u64) -> (f64, f64) {
     let mut t0 = None;
     let deadline = Instant::now() + Duration::from_secs(3600);
     loop {
-        let n = applied(&pool, &topic).await;
+        let n = common::applied(&pool, &topic).await;
         if t0.is_none() && n >= from {
             t0 = Some((Instant::now(), n));
         }
@@ -467,7 +459,7 @@ async fn latency(env: &Env) -> (f64, f64) {
         Duration::from_secs(600),
     );
     assert_eq!(code, Some(0), "produce: {err}");
-    while applied(&pool, &env.names.topic).await < LATENCY_ORDERS as i64 {
+    while common::applied(&pool, &env.names.topic).await < LATENCY_ORDERS as i64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let metrics = common::scrape(env.http_port);

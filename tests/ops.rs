@@ -14,8 +14,6 @@
 //!   panel needs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -420,16 +418,6 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body.split_once("\r\n\r\n")?.1.to_owned())
-}
-
 /// A real Prometheus scraping the pipeline every second, with the stack's alert rules.
 struct Prometheus {
     port: u16,
@@ -478,7 +466,7 @@ impl Prometheus {
             },
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while http_get(port, "/-/ready").is_none_or(|b| !b.contains("Ready")) {
+        while common::http_get(port, "/-/ready").is_none_or(|(_, b)| !b.contains("Ready")) {
             assert!(Instant::now() < deadline, "prometheus did not become ready");
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -487,7 +475,7 @@ impl Prometheus {
 
     /// The number of series an instant query returns.
     fn series(&self, expr: &str) -> Result<usize, String> {
-        let body = http_get(
+        let (_, body) = common::http_get(
             self.port,
             &format!("/api/v1/query?query={}", percent_encode(expr)),
         )
@@ -596,13 +584,7 @@ async fn dashboards_and_alerts_return_data_from_a_real_prometheus_and_mariadb() 
     let root_pool = env.mysql(PARTITIONS).await;
     common::eventually(Duration::from_secs(120), "3,000 orders applied", || {
         let (pool, topic) = (root_pool.clone(), env.names.topic.clone());
-        async move {
-            orderstream::mysql::read_ledger(&pool, &topic)
-                .await
-                .map(|l| l.values().sum::<i64>())
-                .unwrap_or(0)
-                >= 3_000
-        }
+        async move { common::applied(&pool, &topic).await >= 3_000 }
     })
     .await;
     // Enough scrapes for every rate window of the dashboards.

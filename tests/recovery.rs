@@ -7,13 +7,6 @@ use orderstream::mysql;
 
 use crate::common::{self, Env};
 
-async fn applied(pool: &sqlx::MySqlPool, topic: &str) -> i64 {
-    mysql::read_ledger(pool, topic)
-        .await
-        .map(|l| l.values().sum())
-        .unwrap_or(0)
-}
-
 async fn wait_until_done(env: &Env, partitions: i32) {
     let pool = env.mysql(partitions).await;
     let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
@@ -34,11 +27,11 @@ async fn sigkill_halfway_then_restart_is_exact() {
     let topic = env.names.topic.clone();
     common::eventually(Duration::from_secs(300), "about half applied", || {
         let (pool, topic) = (pool.clone(), topic.clone());
-        async move { applied(&pool, &topic).await >= 10_000 }
+        async move { common::applied(&pool, &topic).await >= 10_000 }
     })
     .await;
     run.kill();
-    let at_kill = applied(&pool, &topic).await;
+    let at_kill = common::applied(&pool, &topic).await;
     assert!(
         at_kill < 20_000,
         "killed too late to test anything ({at_kill})"
@@ -67,7 +60,7 @@ async fn sigterm_under_load_drains_and_restart_counts_nothing_twice() {
     let mut run = env.spawn(PARTITIONS, &["run"]);
     common::eventually(Duration::from_secs(120), "some progress", || {
         let (pool, topic) = (pool.clone(), topic.clone());
-        async move { applied(&pool, &topic).await >= 3_000 }
+        async move { common::applied(&pool, &topic).await >= 3_000 }
     })
     .await;
     let started = std::time::Instant::now();
@@ -135,7 +128,7 @@ async fn drain_timeout_abandons_a_stuck_batch_and_exits_0() {
         drain >= Duration::from_millis(1900) && drain < Duration::from_secs(6),
         "the drain waited for its timeout, then stopped: {drain:?}"
     );
-    assert_eq!(applied(&pool, &topic).await, 0, "nothing applied");
+    assert_eq!(common::applied(&pool, &topic).await, 0, "nothing applied");
     let aggregates = mysql::read_aggregates(&pool).await.unwrap();
     assert!(aggregates.daily.is_empty() && aggregates.per_minute.is_empty());
     println!(

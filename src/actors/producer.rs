@@ -38,9 +38,11 @@ pub struct OrderProducer {
     failed: Arc<AtomicU64>,
     /// Told when `count` orders are acknowledged.
     done: Option<tokio::sync::oneshot::Sender<u64>>,
-    /// The `produce` command's liveness: an acknowledged order is progress. (Inside `run`, the
-    /// pipeline's own progress drives `/healthz` instead.)
+    /// The `produce` command's liveness: a tick that sees new acknowledgements is progress.
+    /// (Inside `run`, the pipeline's own progress drives `/healthz` instead.)
     health: Option<Arc<Health>>,
+    /// Acknowledgements seen by the last tick.
+    acked_seen: u64,
 }
 
 impl OrderProducer {
@@ -67,10 +69,18 @@ impl OrderProducer {
             failed: Arc::default(),
             done,
             health,
+            acked_seen: 0,
         }
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
+        let acked = self.acked.load(Ordering::Relaxed);
+        if acked > self.acked_seen {
+            self.acked_seen = acked;
+            if let Some(health) = &self.health {
+                health.progress();
+            }
+        }
         let elapsed = self.started_at.elapsed().as_secs_f64();
         let mut due = (elapsed * f64::from(self.rate_per_sec)) as u64;
         if self.count > 0 {
@@ -103,16 +113,12 @@ impl OrderProducer {
                     self.sent += 1;
                     let acked = self.acked.clone();
                     let failed = self.failed.clone();
-                    let health = self.health.clone();
                     ctx.spawn(
                         async move {
                             match delivery.await {
                                 Ok(Ok(_)) => {
                                     acked.fetch_add(1, Ordering::Relaxed);
                                     counter!(telemetry::PRODUCER_ORDERS).increment(1);
-                                    if let Some(health) = &health {
-                                        health.progress();
-                                    }
                                 }
                                 _ => {
                                     failed.fetch_add(1, Ordering::Relaxed);

@@ -605,14 +605,33 @@ where
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
-/// Fetches /metrics from a running instance.
-pub fn scrape(port: u16) -> String {
+/// Orders applied so far: the sum of the ledger's positions (0 before the first claim).
+pub async fn applied(pool: &sqlx::MySqlPool, topic: &str) -> i64 {
+    orderstream::mysql::read_ledger(pool, topic)
+        .await
+        .map(|l| l.values().sum())
+        .unwrap_or(0)
+}
+
+/// GET `path` on a loopback HTTP server: (status, body); `None` when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// Fetches /metrics from a running instance (the body only).
+pub fn scrape(port: u16) -> String {
+    http_get(port, "/metrics")
+        .unwrap_or_else(|| panic!("no answer on port {port}"))
+        .1
 }
 
 /// A scrape taken once `metric` reaches `at_least` (10 s at most). The ledger commits before the
@@ -631,14 +650,7 @@ pub async fn scrape_when(port: u16, metric: &str, at_least: f64) -> String {
 
 /// The HTTP status of GET `path` on the operations port; `None` when nothing answers.
 pub fn http_status(port: u16, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut head = String::new();
-    s.read_to_string(&mut head).ok()?;
-    head.split_whitespace().nth(1)?.parse().ok()
+    http_get(port, path).map(|(status, _)| status)
 }
 
 /// Runs `promtool check metrics` on a scrape; panics with its complaints.
