@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::kafka::{self, KafkaError};
 use crate::mysql::{self, MysqlError};
 use crate::node_lease::LeaseKeeper;
+use crate::olap::OlapStore;
 use crate::supervisor::{retry_backoff, Drain, Pipeline, Stores};
 use crate::telemetry::{self, Health};
 
@@ -66,8 +67,9 @@ where
     }
 }
 
-/// Connects to both stores and checks that everything is migrated.
-pub async fn connect_stores(cfg: &Config) -> anyhow::Result<Stores> {
+/// Connects to both stores and checks that everything is migrated. Returns the MySQL pool too,
+/// for the producer's node leases.
+pub async fn connect_stores(cfg: &Config) -> anyhow::Result<(Stores, MySqlPool)> {
     let pool = mysql::connect(&cfg.mysql).await?;
     wait_for(
         cfg,
@@ -102,10 +104,11 @@ pub async fn connect_stores(cfg: &Config) -> anyhow::Result<Stores> {
         )
         .await?;
     }
-    Ok(Stores {
+    let stores = Stores {
         cassandra: Arc::new(cassandra),
-        mysql: pool,
-    })
+        olap: OlapStore::Mysql(pool.clone()),
+    };
+    Ok((stores, pool))
 }
 
 /// A name for this instance in the ledger and in client ids.
@@ -120,19 +123,23 @@ pub fn instance_name() -> String {
 
 /// Binds the operations port before anything else starts: a port in use stops startup with a
 /// message naming `http.listen`, instead of a process that runs without its health checks.
-async fn start_http(cfg: &Config, health: Arc<Health>) -> anyhow::Result<()> {
+/// Returns the metrics handle (the demo reads its summary from it).
+pub async fn start_http(
+    cfg: &Config,
+    health: Arc<Health>,
+) -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
     let handle = telemetry::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     tokio::spawn(telemetry::sample_process());
     if cfg.http.listen.is_empty() {
-        return Ok(());
+        return Ok(handle);
     }
     let addr: SocketAddr = cfg.http.listen.parse()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("http.listen = {addr}: cannot listen: {e}"))?;
     tracing::info!(%addr, "operations port listening");
-    tokio::spawn(telemetry::serve_http(listener, handle, health));
-    Ok(())
+    tokio::spawn(telemetry::serve_http(listener, handle.clone(), health));
+    Ok(handle)
 }
 
 /// Leases a producer node (see `node_lease`) and starts the producer on it.
@@ -181,8 +188,7 @@ pub async fn run(
     if migrate_first {
         migrate(&cfg).await?;
     }
-    let stores = connect_stores(&cfg).await?;
-    let pool = stores.mysql.clone();
+    let (stores, pool) = connect_stores(&cfg).await?;
     let owner = instance_name();
     tracing::info!(%owner, topic = %cfg.kafka.topic, "pipeline starting");
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::channel(1);

@@ -58,22 +58,8 @@ pub async fn serve(listen: SocketAddr, state: Option<PathBuf>) -> Result<(), Emu
     // The harness waits for this exact line to learn that the port is open.
     println!("cql emulator listening on {bound}");
 
-    let accept = {
-        let shared = shared.clone();
-        async move {
-            loop {
-                match listener.accept().await {
-                    Ok((stream, _)) => {
-                        let _ = stream.set_nodelay(true);
-                        tokio::spawn(client(shared.clone(), stream));
-                    }
-                    Err(err) => tracing::warn!(%err, "accept failed"),
-                }
-            }
-        }
-    };
     tokio::select! {
-        _ = accept => {}
+        _ = accept(listener, shared.clone()) => {}
         _ = crate::shutdown_signal() => {}
     }
     if let Some(path) = state {
@@ -89,6 +75,35 @@ pub async fn serve(listen: SocketAddr, state: Option<PathBuf>) -> Result<(), Emu
         std::process::exit(0);
     }
     Ok(())
+}
+
+/// Serves an empty, in-memory emulator from this process on a free loopback port (the demo).
+/// It lives until the runtime ends; returns the address to give the driver.
+pub async fn start_in_process() -> Result<SocketAddr, EmulatorError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| EmulatorError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| EmulatorError::Bind { addr, source })?;
+    tokio::spawn(accept(
+        listener,
+        Arc::new(Mutex::new(KassandraSession::new())),
+    ));
+    Ok(bound)
+}
+
+async fn accept(listener: TcpListener, shared: Shared) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(client(shared.clone(), stream));
+            }
+            Err(err) => tracing::warn!(%err, "accept failed"),
+        }
+    }
 }
 
 fn load(path: &Path) -> Result<KassandraSession, EmulatorError> {

@@ -21,7 +21,10 @@
 //! - `aggregate`   — folding orders into aggregate deltas
 //! - `kafka`       — client settings, topic admin, the rebalance hook
 //! - `cassandra`   — CQL session, schema, idempotent insert, paged read-back
-//! - `mysql`       — schema, the offset ledger, the batch transaction, rejection bisection
+//! - `olap`        — the OLAP store behind one interface: MySQL, or SQLite in the demo
+//! - `ledger`      — the dialect-free half of the batch transaction (what a batch may change)
+//! - `mysql`       — MySQL schema, the offset ledger, the batch transaction
+//! - `sqlite`      — the same in SQLite's spelling (the demo's store)
 //! - `actors/`     — one file per actor: consumer, batcher, cassandra_writer,
 //!   mysql_aggregator, dead_letters, producer
 //! - `supervisor`  — builds the data path, restarts it as a unit, drains on shutdown
@@ -32,6 +35,7 @@
 //! - `telemetry`   — metric names, the Prometheus recorder, /metrics /healthz /readyz
 //! - `app`         — the commands (run, produce, migrate, config, healthcheck)
 //! - `emulator`    — a CQL server around the kassandra emulator, for tests and demos
+//! - `demo`        — `orderstream demo`: the whole system in one process, nothing installed
 //! - `failpoints`  — fault injection for the chaos tests (feature `failpoints`)
 
 #![cfg_attr(
@@ -45,15 +49,19 @@ pub mod app;
 pub mod batch;
 pub mod cassandra;
 pub mod config;
+pub mod demo;
 pub mod emulator;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
 pub mod kafka;
+pub mod ledger;
 pub mod mysql;
 pub mod node_lease;
+pub mod olap;
 pub mod order;
 pub mod reconcile;
 pub mod simulation;
+pub mod sqlite;
 pub mod supervisor;
 pub mod telemetry;
 pub mod topic_reader;

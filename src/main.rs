@@ -26,6 +26,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole system in one process with nothing installed: in-memory Kafka (librdkafka's
+    /// mock cluster), the CQL emulator as Cassandra and SQLite as MySQL. Prints a summary every
+    /// few seconds; Ctrl-C stops it and audits both stores (exit 0 exact, 4 differences).
+    Demo {
+        /// Orders per second.
+        #[arg(long, default_value_t = 2_000)]
+        rate: u32,
+        /// Stop by itself after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Keep the aggregates and the ledger in this SQLite file (default: in memory).
+        #[arg(long)]
+        sqlite: Option<PathBuf>,
+        /// Seconds between two summaries.
+        #[arg(long, default_value_t = 5)]
+        summary_every_s: u64,
+        /// Make every Nth record invalid, to show the dead-letter topic at work (0: none).
+        #[arg(long, default_value_t = 500)]
+        invalid_every: u64,
+    },
     /// Run the pipeline until SIGTERM/SIGINT.
     Run {
         /// Also run the simulated producer in this process, at this many orders per second.
@@ -66,10 +86,16 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The demo's terminal belongs to its summary: only warnings, and none from the embedded
+    // stand-ins (the CQL emulator and the driver's complaints about its missing cluster tables).
+    let default_filter = match cli.command {
+        Command::Demo { .. } => "warn,scylla=off,kassandra=off,rdkafka=error",
+        _ => "info,sqlx=warn,scylla=warn,rdkafka=warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,scylla=warn,rdkafka=warn".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -82,6 +108,12 @@ fn main() -> anyhow::Result<()> {
     }));
 
     let mut overrides = Vec::new();
+    if let Command::Demo { .. } = &cli.command {
+        // The demo's own settings come first, so that `--set` still wins.
+        for (k, v) in orderstream::demo::DEFAULTS {
+            overrides.push((k.to_owned(), v.to_owned()));
+        }
+    }
     for item in &cli.overrides {
         let (k, v) = item
             .split_once('=')
@@ -135,6 +167,23 @@ fn main() -> anyhow::Result<()> {
                 Ok(0)
             }
             Command::Healthcheck => orderstream::app::healthcheck(&config).await,
+            Command::Demo {
+                rate,
+                seconds,
+                sqlite,
+                summary_every_s,
+                invalid_every,
+            } => {
+                let options = orderstream::demo::DemoOptions {
+                    rate_per_sec: rate,
+                    seconds,
+                    sqlite,
+                    summary_every: std::time::Duration::from_secs(summary_every_s.max(1)),
+                    invalid_every,
+                    catch_up: std::time::Duration::from_secs(60),
+                };
+                orderstream::demo::run(config, options).await
+            }
             Command::Reconcile => {
                 let report = orderstream::reconcile::reconcile(&config).await;
                 report.map(|r| {

@@ -17,6 +17,8 @@ use sqlx::{AssertSqlSafe, Executor, MySql, QueryBuilder, Row};
 use crate::aggregate::{Deltas, Totals};
 use crate::batch::Batch;
 use crate::config::MysqlConfig;
+use crate::ledger::{bisect_rejected, fold, plan, LedgerRow, Plan, Probe};
+pub use crate::ledger::{ApplyReport, Claim};
 
 const SCHEMA: &str = include_str!("schema/mysql.sql");
 /// Version of the MySQL schema this binary expects; `migrate` writes it, `run` checks it.
@@ -187,8 +189,12 @@ pub async fn migrate(cfg: &MysqlConfig) -> Result<(), MysqlError> {
     sqlx::raw_sql(AssertSqlSafe(format!("USE `{}`", cfg.database)))
         .execute(&mut conn)
         .await?;
-    // The schema file is ours, not user input.
-    for statement in crate::cassandra::split_statements(SCHEMA) {
+    // The schema files are ours, not user input.
+    let seeds = crate::olap::seed_statements("INSERT IGNORE INTO");
+    for statement in crate::cassandra::split_statements(SCHEMA)
+        .into_iter()
+        .chain(seeds)
+    {
         sqlx::raw_sql(AssertSqlSafe(statement))
             .execute(&mut conn)
             .await?;
@@ -203,16 +209,6 @@ pub async fn migrate(cfg: &MysqlConfig) -> Result<(), MysqlError> {
     .await?;
     conn.close().await?;
     Ok(())
-}
-
-/// A partition's ledger position after its owner claimed it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Claim {
-    pub partition: i32,
-    pub epoch: i64,
-    pub next_offset: i64,
-    /// Whether the ledger row was created by this claim (no position was recorded before).
-    pub created: bool,
 }
 
 /// Claims a partition: one transaction that creates the ledger row if missing (at
@@ -264,39 +260,6 @@ pub async fn claim(
     })
 }
 
-/// What one batch transaction did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ApplyReport {
-    /// Partitions whose ledger advanced, with their new next offset.
-    pub committed: Vec<(i32, i64)>,
-    /// Valid orders folded into the aggregates.
-    pub applied_orders: usize,
-    /// Records skipped because the ledger was already past them (replays).
-    pub replayed: usize,
-    /// Partitions whose records carried an epoch other than the ledger's: this instance lost
-    /// them (or re-claimed them since), so those records changed nothing.
-    pub fenced: Vec<(i32, i64)>,
-    /// Partitions whose records started above the ledger: (partition, epoch) to re-seek.
-    pub gaps: Vec<(i32, i64)>,
-    /// created_at of every applied order, for the end-to-end latency histogram.
-    pub applied_created_at_ms: Vec<i64>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct LedgerRow {
-    next_offset: i64,
-    epoch: i64,
-}
-
-/// What a batch may change, decided against the locked ledger rows.
-struct Plan {
-    /// Partitions whose ledger advances, with their new next offset.
-    advance: BTreeMap<i32, i64>,
-    /// Indices (in batch order) of the valid orders between the ledger and `advance`.
-    applicable: Vec<usize>,
-    report: ApplyReport,
-}
-
 /// Locks the ledger rows of `partitions` in partition order (the PK scan order of IN).
 async fn lock_ledger(
     tx: &mut sqlx::Transaction<'_, MySql>,
@@ -324,72 +287,6 @@ async fn lock_ledger(
         );
     }
     Ok(ledger)
-}
-
-/// Drops replays and fenced records, stops each partition at its first hole (DESIGN rule 4).
-fn plan(ledger: &BTreeMap<i32, LedgerRow>, batch: &Batch) -> Plan {
-    let mut report = ApplyReport::default();
-    // Pass 1: per partition, how far this batch continues the ledger without a hole.
-    let mut advance: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut blocked: BTreeSet<i32> = BTreeSet::new();
-    for record in &batch.records {
-        let p = record.partition;
-        if blocked.contains(&p) {
-            continue;
-        }
-        let Some(row) = ledger.get(&p) else {
-            // No claim was ever recorded: we cannot own it.
-            blocked.insert(p);
-            report.fenced.push((p, record.epoch));
-            continue;
-        };
-        if record.epoch != row.epoch {
-            if !report.fenced.iter().any(|(fp, _)| *fp == p) {
-                report.fenced.push((p, record.epoch));
-            }
-            continue;
-        }
-        let expected = advance.get(&p).copied().unwrap_or(row.next_offset);
-        if record.offset < expected {
-            report.replayed += 1;
-        } else if record.offset == expected {
-            advance.insert(p, record.offset + 1);
-        } else {
-            // A hole between what is applied and what we hold: never skip, re-seek instead.
-            blocked.insert(p);
-            advance.remove(&p);
-            report.gaps.push((p, record.epoch));
-        }
-    }
-    // Pass 2: exactly the valid orders between the ledger and the new position.
-    let applicable = batch
-        .records
-        .iter()
-        .enumerate()
-        .filter(|(_, record)| {
-            match (
-                ledger.get(&record.partition),
-                advance.get(&record.partition),
-            ) {
-                (Some(row), Some(next)) => {
-                    record.epoch == row.epoch
-                        && (row.next_offset..*next).contains(&record.offset)
-                        && record.order().is_some()
-                }
-                _ => false,
-            }
-        })
-        .map(|(i, _)| i)
-        .collect();
-    Plan {
-        advance,
-        applicable,
-        report,
-    }
-}
-
-fn fold(batch: &Batch, indices: &[usize]) -> Deltas {
-    Deltas::fold(indices.iter().filter_map(|i| batch.records[*i].order()))
 }
 
 /// Applies a batch in one transaction (DESIGN rule 4). The caller retries transient errors.
@@ -437,10 +334,8 @@ pub async fn apply_batch(
 /// `apply_batch` failed with a data rejection. Returns (record index, the server's message).
 ///
 /// Works in one transaction that changes nothing: under the ledger locks, each probe writes the
-/// deltas of a prefix of the applicable orders inside a savepoint and rolls back to it. A binary
-/// search finds the shortest failing prefix; its last order is the offender (for constraints on
-/// cumulative values, it is the order that crossed the line). The offender is set aside and the
-/// search repeats until the rest goes through: O(offenders × log n) probes, all rolled back.
+/// deltas of some of the applicable orders inside a savepoint and rolls back to it (the search
+/// itself is `ledger::bisect_rejected`).
 pub async fn find_rejected(
     pool: &MySqlPool,
     topic: &str,
@@ -452,43 +347,33 @@ pub async fn find_rejected(
     }
     let mut tx = pool.begin().await?;
     let ledger = lock_ledger(&mut tx, topic, &partitions).await?;
-    let mut candidates = plan(&ledger, batch).applicable;
-    let mut rejected = Vec::new();
-    while let Some(mut error) = probe(&mut tx, batch, &candidates).await? {
-        // Invariant: the prefix of length `good` passes, the one of length `bad` fails.
-        let (mut good, mut bad) = (0, candidates.len());
-        while bad - good > 1 {
-            let mid = good + (bad - good) / 2;
-            match probe(&mut tx, batch, &candidates[..mid]).await? {
-                Some(e) => {
-                    bad = mid;
-                    error = e;
-                }
-                None => good = mid,
-            }
-        }
-        rejected.push((candidates.remove(bad - 1), error));
-    }
+    let candidates = plan(&ledger, batch).applicable;
+    let rejected = bisect_rejected(candidates, &mut Prober { tx: &mut tx, batch }).await?;
     tx.rollback().await?;
     Ok(rejected)
 }
 
-/// Writes the deltas of `indices` and undoes them: `Some(message)` when MySQL refuses the data.
-async fn probe(
-    tx: &mut sqlx::Transaction<'_, MySql>,
-    batch: &Batch,
-    indices: &[usize],
-) -> Result<Option<String>, MysqlError> {
-    sqlx::raw_sql("SAVEPOINT probe").execute(&mut **tx).await?;
-    let outcome = write_deltas(tx, &fold(batch, indices)).await;
-    // A failed statement is rolled back on its own; the savepoint undoes the ones before it.
-    sqlx::raw_sql("ROLLBACK TO SAVEPOINT probe")
-        .execute(&mut **tx)
-        .await?;
-    match outcome {
-        Ok(()) => Ok(None),
-        Err(e) if e.is_data_rejection() => Ok(Some(e.to_string())),
-        Err(e) => Err(e),
+struct Prober<'a, 'c> {
+    tx: &'a mut sqlx::Transaction<'c, MySql>,
+    batch: &'a Batch,
+}
+
+impl Probe for Prober<'_, '_> {
+    type Error = MysqlError;
+    async fn probe(&mut self, indices: &[usize]) -> Result<Option<String>, MysqlError> {
+        sqlx::raw_sql("SAVEPOINT probe")
+            .execute(&mut **self.tx)
+            .await?;
+        let outcome = write_deltas(self.tx, &fold(self.batch, indices)).await;
+        // A failed statement is rolled back on its own; the savepoint undoes the ones before it.
+        sqlx::raw_sql("ROLLBACK TO SAVEPOINT probe")
+            .execute(&mut **self.tx)
+            .await?;
+        match outcome {
+            Ok(()) => Ok(None),
+            Err(e) if e.is_data_rejection() => Ok(Some(e.to_string())),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -600,4 +485,19 @@ async fn aggregates_on(conn: &mut sqlx::MySqlConnection) -> Result<Deltas, Mysql
         );
     }
     Ok(stored)
+}
+
+/// Today's (UTC) sales and profit by category, from the dashboard's view.
+pub async fn sales_today_by_category(
+    pool: &MySqlPool,
+) -> Result<Vec<(String, f64, f64)>, MysqlError> {
+    let rows = sqlx::query(
+        "SELECT category, CAST(SUM(total_sales) AS DOUBLE), CAST(SUM(total_profit) AS DOUBLE) \
+         FROM sales_and_profit_today GROUP BY category ORDER BY category",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect()
 }

@@ -224,6 +224,21 @@ pub struct LeaseWindow {
 }
 
 impl LeaseWindow {
+    /// A grant that never runs out, for the only producer a topic can ever have: the demo's
+    /// in-memory topic lives and dies with its process, so there is no one to collide with and
+    /// no lease table to ask.
+    pub fn exclusive(node: u16) -> std::sync::Arc<Self> {
+        let window = Self::default();
+        window.set(Some(Grant {
+            node,
+            floor_ms: chrono::Utc::now().timestamp_millis(),
+            reserved_until_ms: i64::MAX,
+            // A century: far enough to mean "never", near enough not to overflow an Instant.
+            valid_until: Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600),
+        }));
+        std::sync::Arc::new(window)
+    }
+
     pub fn current(&self) -> Option<Grant> {
         *self.grant.lock().unwrap_or_else(|e| e.into_inner())
     }

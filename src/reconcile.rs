@@ -19,6 +19,7 @@ use std::time::Duration;
 use crate::aggregate::{Deltas, Totals};
 use crate::cassandra::CassandraStore;
 use crate::config::Config;
+use crate::olap::OlapStore;
 use crate::order::{self, Order, Reason};
 use crate::topic_reader::{self, TopicRecord};
 
@@ -67,7 +68,13 @@ impl Report {
 pub async fn reconcile(cfg: &Config) -> anyhow::Result<Report> {
     let pool = crate::mysql::connect(&cfg.mysql).await?;
     crate::mysql::check_migrated(&pool, &cfg.mysql).await?;
-    let (ledger, stored) = crate::mysql::snapshot(&pool, &cfg.kafka.topic).await?;
+    reconcile_with(cfg, &OlapStore::Mysql(pool)).await
+}
+
+/// Runs the audit with the given OLAP store (the demo's SQLite) and the configured topic and
+/// Cassandra.
+pub async fn reconcile_with(cfg: &Config, olap: &OlapStore) -> anyhow::Result<Report> {
+    let (ledger, stored) = olap.snapshot(&cfg.kafka.topic).await?;
     let read = |topic: String| {
         let brokers = cfg.kafka.brokers.clone();
         tokio::task::spawn_blocking(move || {

@@ -101,10 +101,43 @@ impl OrderGenerator {
     }
 }
 
+/// A record that breaks the event contract in one of three ways, taking turns (`n` picks
+/// which): not JSON, a quantity out of bounds, an unknown payment method. The demo mixes a few
+/// into the stream so the dead-letter path has something to show.
+pub fn invalid_record(order: &Order, n: u64) -> Vec<u8> {
+    let valid = String::from_utf8_lossy(&order.to_json()).into_owned();
+    match n % 3 {
+        0 => valid.as_bytes()[..valid.len() / 2].to_vec(),
+        1 => valid
+            .replacen(
+                &format!("\"quantity\":{}", order.quantity),
+                "\"quantity\":0",
+                1,
+            )
+            .into_bytes(),
+        _ => valid
+            .replacen(order.payment_method.as_str(), "cash", 1)
+            .into_bytes(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn invalid_records_are_refused_with_three_reasons() {
+        let mut g = OrderGenerator::new(3);
+        let mut rng = rand::thread_rng();
+        let mut reasons = HashSet::new();
+        for n in 0..30 {
+            let o = g.next(chrono::Utc::now().timestamp_millis(), &mut rng);
+            let err = crate::order::decode(&invalid_record(&o, n), 65_536).unwrap_err();
+            reasons.insert(err.reason.as_str());
+        }
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+    }
 
     #[test]
     fn ids_are_unique_and_positive_even_when_the_clock_stalls() {

@@ -16,7 +16,6 @@ use actix::prelude::*;
 use backoff::ExponentialBackoff;
 use metrics::counter;
 use rdkafka::config::FromClientConfigAndContext;
-use sqlx::MySqlPool;
 use tokio::sync::mpsc;
 
 use crate::actors::batcher::{Batcher, FlushOpen};
@@ -29,6 +28,7 @@ use crate::batch::BatchLimits;
 use crate::cassandra::CassandraStore;
 use crate::config::Config;
 use crate::kafka::{self, LedgerContext};
+use crate::olap::OlapStore;
 use crate::telemetry::{self, Health};
 
 /// Exit code when the restart budget is spent.
@@ -50,7 +50,8 @@ pub fn retry_backoff(cfg: &Config) -> ExponentialBackoff {
 #[derive(Clone)]
 pub struct Stores {
     pub cassandra: Arc<CassandraStore>,
-    pub mysql: MySqlPool,
+    /// MySQL in production, SQLite in the demo.
+    pub olap: OlapStore,
 }
 
 struct DataPath {
@@ -135,7 +136,7 @@ impl Pipeline {
             cassandra: self.stores.cassandra.clone(),
         };
         let aggregator = MysqlAggregator::new(
-            self.stores.mysql.clone(),
+            self.stores.olap.clone(),
             rejections,
             cfg.kafka.topic.clone(),
             flow.clone(),
@@ -181,7 +182,7 @@ impl Pipeline {
             settings,
             client,
             changes_rx,
-            self.stores.mysql.clone(),
+            self.stores.olap.clone(),
             batcher.clone(),
             flow.clone(),
             self.health.clone(),
@@ -260,16 +261,16 @@ impl Actor for Pipeline {
         // backoff, no restart), and meanwhile the instance reports itself not ready.
         self.health.set_stores_reachable(true);
         telemetry::dependency_up("cassandra", true);
+        // The `mysql` series stands for the OLAP store, whichever it is (SQLite in the demo), so
+        // the dashboards and alerts work unchanged.
         telemetry::dependency_up("mysql", true);
         ctx.run_interval(PROBE_EVERY, |act, ctx| {
             let stores = act.stores.clone();
             let health = act.health.clone();
             ctx.spawn(
                 async move {
-                    let (cassandra, mysql) = tokio::join!(
-                        probe(stores.cassandra.ping()),
-                        probe(ping_mysql(&stores.mysql))
-                    );
+                    let (cassandra, mysql) =
+                        tokio::join!(probe(stores.cassandra.ping()), probe(stores.olap.ping()));
                     telemetry::dependency_up("cassandra", cassandra);
                     telemetry::dependency_up("mysql", mysql);
                     health.set_stores_reachable(cassandra && mysql);
@@ -287,10 +288,6 @@ async fn probe(check: impl std::future::Future<Output = bool>) -> bool {
     tokio::time::timeout(PROBE_EVERY, check)
         .await
         .unwrap_or(false)
-}
-
-async fn ping_mysql(pool: &MySqlPool) -> bool {
-    sqlx::query("SELECT 1").execute(pool).await.is_ok()
 }
 
 impl Handler<ActorFailed> for Pipeline {

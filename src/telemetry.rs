@@ -347,3 +347,28 @@ pub async fn serve_http(listener: TcpListener, handle: PrometheusHandle, health:
         });
     }
 }
+
+/// The sum of every series of metric `name` in a rendered scrape (the demo's summary reads its
+/// own counters this way, exactly as Prometheus would see them).
+pub fn total(rendered: &str, name: &str) -> f64 {
+    rendered
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod total_tests {
+    #[test]
+    fn sums_every_series_of_one_metric_only() {
+        let text = "# HELP a_total x\n# TYPE a_total counter\na_total{reason=\"x\"} 2\n\
+                    a_total{reason=\"y\"} 3\na_total_other 7\nb 1\n";
+        assert_eq!(super::total(text, "a_total"), 5.0);
+        assert_eq!(super::total(text, "b"), 1.0);
+        assert_eq!(super::total(text, "c"), 0.0);
+    }
+}

@@ -1,5 +1,6 @@
-//! The MySQL side of the protocol on a real MariaDB: strict per-partition order when Cassandra
-//! writes finish out of order, replays, gaps and fencing.
+//! The OLAP side of the protocol, on both stores behind `OlapStore`: a real MariaDB (production)
+//! and SQLite (the demo). Strict per-partition order when Cassandra writes finish out of order,
+//! replays, gaps and fencing; every scenario runs once per store, with the same assertions.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,11 +13,11 @@ use orderstream::actors::mysql_aggregator::{
 use orderstream::actors::{ActorFailed, Flow};
 use orderstream::aggregate::Deltas;
 use orderstream::batch::{Batch, Content, Record};
-use orderstream::mysql;
+use orderstream::olap::OlapStore;
 use orderstream::order::{Order, PaymentMethod};
 use orderstream::telemetry::Health;
 
-use crate::common::{self, Env};
+use crate::common::{self, Backend, Env};
 
 fn order(id: i64) -> Order {
     Order {
@@ -93,14 +94,23 @@ async fn rejections(cfg: &orderstream::config::Config) -> Rejections {
 }
 
 #[actix::test]
-async fn out_of_order_writes_commit_in_offset_order() {
+async fn out_of_order_writes_commit_in_offset_order_on_mariadb() {
+    out_of_order_writes_commit_in_offset_order(Backend::Mariadb).await;
+}
+
+#[actix::test]
+async fn out_of_order_writes_commit_in_offset_order_on_sqlite() {
+    out_of_order_writes_commit_in_offset_order(Backend::Sqlite).await;
+}
+
+async fn out_of_order_writes_commit_in_offset_order(backend: Backend) {
     let _heavy = common::heavy();
     let env = Env::start();
     env.migrate(1);
     let cfg = env.config(1);
-    let pool = env.mysql(1).await;
+    let store = env.olap(1, backend).await;
     let topic = env.names.topic.clone();
-    let claim = mysql::claim(&pool, &topic, 0, "test", 0).await.unwrap();
+    let claim = store.claim(&topic, 0, "test", 0).await.unwrap();
     assert_eq!(
         (claim.epoch, claim.next_offset, claim.created),
         (1, 0, true)
@@ -118,7 +128,7 @@ async fn out_of_order_writes_commit_in_offset_order() {
         flow.started();
     }
     let aggregator = MysqlAggregator::new(
-        pool.clone(),
+        store.clone(),
         rejections(&cfg).await,
         topic.clone(),
         flow.clone(),
@@ -148,7 +158,7 @@ async fn out_of_order_writes_commit_in_offset_order() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(commits.lock().unwrap().is_empty());
-    assert_eq!(mysql::read_ledger(&pool, &topic).await.unwrap()[&0], 0);
+    assert_eq!(store.read_ledger(&topic).await.unwrap()[&0], 0);
 
     aggregator
         .send(BatchWritten(batches[0].clone()))
@@ -176,67 +186,75 @@ async fn out_of_order_writes_commit_in_offset_order() {
         .iter()
         .flat_map(|b| b.records.iter().filter_map(|r| r.order().cloned()))
         .collect();
-    assert_eq!(
-        mysql::read_aggregates(&pool).await.unwrap(),
-        Deltas::fold(&all)
-    );
-    assert_eq!(mysql::read_ledger(&pool, &topic).await.unwrap()[&0], 30);
+    assert_eq!(store.read_aggregates().await.unwrap(), Deltas::fold(&all));
+    assert_eq!(store.read_ledger(&topic).await.unwrap()[&0], 30);
 }
 
 #[actix::test]
-async fn replays_gaps_and_fencing_change_nothing() {
+async fn replays_gaps_and_fencing_change_nothing_on_mariadb() {
+    replays_gaps_and_fencing_change_nothing(Backend::Mariadb).await;
+}
+
+#[actix::test]
+async fn replays_gaps_and_fencing_change_nothing_on_sqlite() {
+    replays_gaps_and_fencing_change_nothing(Backend::Sqlite).await;
+}
+
+async fn replays_gaps_and_fencing_change_nothing(backend: Backend) {
     let _heavy = common::heavy();
     let env = Env::start();
     env.migrate(2);
-    let pool = env.mysql(2).await;
+    let store: OlapStore = env.olap(2, backend).await;
     let topic = env.names.topic.clone();
-    mysql::claim(&pool, &topic, 0, "a", 0).await.unwrap();
-    mysql::claim(&pool, &topic, 1, "a", 0).await.unwrap();
+    store.claim(&topic, 0, "a", 0).await.unwrap();
+    store.claim(&topic, 1, "a", 0).await.unwrap();
 
     // A two-partition batch applies both.
     let mut first = batch(0, 0, 1, 0..10);
     first.records.extend(batch(0, 1, 1, 0..5).records);
-    let report = mysql::apply_batch(&pool, &topic, &first).await.unwrap();
+    let report = store.apply_batch(&topic, &first).await.unwrap();
     assert_eq!(report.committed, vec![(0, 10), (1, 5)]);
     assert_eq!(report.applied_orders, 15);
-    let after_first = mysql::read_aggregates(&pool).await.unwrap();
+    let after_first = store.read_aggregates().await.unwrap();
 
     // The same batch again (a replay after a crash): nothing changes.
-    let report = mysql::apply_batch(&pool, &topic, &first).await.unwrap();
+    let report = store.apply_batch(&topic, &first).await.unwrap();
     assert_eq!((report.applied_orders, report.replayed), (0, 15));
-    assert_eq!(mysql::read_aggregates(&pool).await.unwrap(), after_first);
+    assert_eq!(store.read_aggregates().await.unwrap(), after_first);
 
     // A batch overlapping the ledger applies only its new part.
-    let report = mysql::apply_batch(&pool, &topic, &batch(1, 0, 1, 5..15))
+    let report = store
+        .apply_batch(&topic, &batch(1, 0, 1, 5..15))
         .await
         .unwrap();
     assert_eq!((report.applied_orders, report.replayed), (5, 5));
     assert_eq!(report.committed, vec![(0, 15)]);
 
     // A gap (ledger at 15, batch starts at 20): refused, reported, nothing applied.
-    let before = mysql::read_aggregates(&pool).await.unwrap();
-    let report = mysql::apply_batch(&pool, &topic, &batch(2, 0, 1, 20..30))
+    let before = store.read_aggregates().await.unwrap();
+    let report = store
+        .apply_batch(&topic, &batch(2, 0, 1, 20..30))
         .await
         .unwrap();
     assert_eq!(report.gaps, vec![(0, 1)]);
     assert!(report.committed.is_empty());
-    assert_eq!(mysql::read_aggregates(&pool).await.unwrap(), before);
-    assert_eq!(mysql::read_ledger(&pool, &topic).await.unwrap()[&0], 15);
+    assert_eq!(store.read_aggregates().await.unwrap(), before);
+    assert_eq!(store.read_ledger(&topic).await.unwrap()[&0], 15);
 
     // Another owner claims partition 1 (epoch 2): our epoch-1 records are fenced, while
     // partition 0 in the same batch still applies.
-    let claim = mysql::claim(&pool, &topic, 1, "b", 0).await.unwrap();
+    let claim = store.claim(&topic, 1, "b", 0).await.unwrap();
     assert_eq!(
         (claim.epoch, claim.next_offset, claim.created),
         (2, 5, false)
     );
     let mut mixed = batch(3, 0, 1, 15..18);
     mixed.records.extend(batch(3, 1, 1, 5..9).records);
-    let report = mysql::apply_batch(&pool, &topic, &mixed).await.unwrap();
+    let report = store.apply_batch(&topic, &mixed).await.unwrap();
     assert_eq!(report.fenced, vec![(1, 1)]);
     assert_eq!(report.committed, vec![(0, 18)]);
     assert_eq!(report.applied_orders, 3);
-    let ledger = mysql::read_ledger(&pool, &topic).await.unwrap();
+    let ledger = store.read_ledger(&topic).await.unwrap();
     assert_eq!((ledger[&0], ledger[&1]), (18, 5));
 
     // Totals equal exactly the orders at offsets 0..18 of p0 and 0..5 of p1.
@@ -245,7 +263,7 @@ async fn replays_gaps_and_fencing_change_nothing() {
         .chain((0..5).map(|o| order(1_000 + o)))
         .collect();
     assert_eq!(
-        mysql::read_aggregates(&pool).await.unwrap(),
+        store.read_aggregates().await.unwrap(),
         Deltas::fold(&expected)
     );
 }

@@ -10,6 +10,7 @@ mod common;
 mod aggregator;
 mod chaos;
 mod dead_letters;
+mod demo;
 mod migrate;
 mod ops;
 mod pipeline;

@@ -18,7 +18,6 @@ use metrics::{counter, gauge};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
-use sqlx::MySqlPool;
 use tokio::sync::mpsc;
 
 use crate::actors::batcher::{Batcher, Ingest};
@@ -26,6 +25,7 @@ use crate::actors::mysql_aggregator::BatchCommitted;
 use crate::actors::{ActorFailed, Flow, Halt};
 use crate::batch::{Content, Record};
 use crate::kafka::{AssignmentChange, LedgerContext};
+use crate::olap::OlapStore;
 use crate::telemetry::{self, Health};
 
 type Client = StreamConsumer<LedgerContext>;
@@ -97,7 +97,7 @@ pub struct KafkaConsumer {
     settings: ConsumerSettings,
     client: Arc<Client>,
     gate: Arc<Mutex<Gate>>,
-    pool: MySqlPool,
+    store: OlapStore,
     batcher: Addr<Batcher>,
     flow: Arc<Flow>,
     health: Arc<Health>,
@@ -113,7 +113,7 @@ impl KafkaConsumer {
         settings: ConsumerSettings,
         client: Client,
         changes: mpsc::Receiver<AssignmentChange>,
-        pool: MySqlPool,
+        store: OlapStore,
         batcher: Addr<Batcher>,
         flow: Arc<Flow>,
         health: Arc<Health>,
@@ -125,7 +125,7 @@ impl KafkaConsumer {
             settings,
             client: Arc::new(client),
             gate: Arc::default(),
-            pool,
+            store,
             batcher,
             flow,
             health,
@@ -156,7 +156,7 @@ impl KafkaConsumer {
             token
         };
         let client = self.client.clone();
-        let pool = self.pool.clone();
+        let store = self.store.clone();
         let settings = self.settings.clone();
         let backoff = self.backoff.clone();
         let work = async move {
@@ -180,7 +180,8 @@ impl KafkaConsumer {
                 .map_err(|e| (format!("watermarks of partition {partition}: {e}"), false))?
             };
             let claim = backoff::future::retry(backoff.clone(), || async {
-                crate::mysql::claim(&pool, &settings.topic, partition, &settings.owner, low)
+                store
+                    .claim(&settings.topic, partition, &settings.owner, low)
                     .await
                     .map_err(|e| {
                         if e.is_transient() {

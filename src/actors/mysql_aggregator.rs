@@ -1,4 +1,5 @@
-//! MysqlAggregator: applies batches to MySQL strictly in the order they were cut.
+//! MysqlAggregator: applies batches to the OLAP store (MySQL; SQLite in the demo, see
+//! `olap.rs`) strictly in the order they were cut.
 //!
 //! Cassandra writes of several batches may finish in any order; this actor holds early arrivals
 //! in a reorder buffer and runs one transaction at a time in `seq` order, so each partition's
@@ -16,13 +17,13 @@ use std::time::Instant;
 use actix::prelude::*;
 use backoff::ExponentialBackoff;
 use metrics::counter;
-use sqlx::MySqlPool;
 
 use crate::actors::dead_letters::{DeadLetter, DeadLetters, PublishDeadLetters};
 use crate::actors::{ActorFailed, Flow, Halt};
 use crate::batch::Batch;
 use crate::cassandra::CassandraStore;
-use crate::mysql::{self, ApplyReport, MysqlError};
+use crate::ledger::ApplyReport;
+use crate::olap::{OlapError, OlapStore};
 use crate::order::Reason;
 use crate::telemetry::{self, Health};
 
@@ -50,7 +51,7 @@ pub struct Rejections {
 }
 
 pub struct MysqlAggregator {
-    pool: MySqlPool,
+    store: OlapStore,
     rejections: Rejections,
     topic: String,
     pending: BTreeMap<u64, Batch>,
@@ -65,7 +66,7 @@ pub struct MysqlAggregator {
 
 impl MysqlAggregator {
     pub fn new(
-        pool: MySqlPool,
+        store: OlapStore,
         rejections: Rejections,
         topic: String,
         flow: Arc<Flow>,
@@ -74,7 +75,7 @@ impl MysqlAggregator {
         backoff: ExponentialBackoff,
     ) -> Self {
         Self {
-            pool,
+            store,
             rejections,
             topic,
             pending: BTreeMap::new(),
@@ -96,13 +97,13 @@ impl MysqlAggregator {
             return;
         };
         self.busy = true;
-        let pool = self.pool.clone();
+        let store = self.store.clone();
         let rejections = self.rejections.clone();
         let topic = self.topic.clone();
         let backoff = self.backoff.clone();
         let work = async move {
             let started = Instant::now();
-            let report = apply(&pool, &rejections, &topic, batch, backoff).await;
+            let report = apply(&store, &rejections, &topic, batch, backoff).await;
             telemetry::seconds(telemetry::MYSQL_LATENCY, started.elapsed());
             report
         };
@@ -161,23 +162,21 @@ fn record(report: &ApplyReport) {
 /// the ledger past them; a crash in between replays the batch, which finds the same offenders
 /// again (dead letters are at-least-once, the deletes idempotent).
 async fn apply(
-    pool: &MySqlPool,
+    store: &OlapStore,
     rejections: &Rejections,
     topic: &str,
     mut batch: Batch,
     backoff: ExponentialBackoff,
 ) -> Result<ApplyReport, String> {
     loop {
-        let error = match apply_with_retry(pool, topic, &batch, backoff.clone()).await {
+        let error = match apply_with_retry(store, topic, &batch, backoff.clone()).await {
             Ok(report) => return Ok(report),
             Err(e) if e.is_data_rejection() => e,
             Err(e) => return Err(e.to_string()),
         };
-        let rejected = retry_transient(backoff.clone(), || {
-            mysql::find_rejected(pool, topic, &batch)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        let rejected = retry_transient(backoff.clone(), || store.find_rejected(topic, &batch))
+            .await
+            .map_err(|e| e.to_string())?;
         if rejected.is_empty() {
             // Refused as a whole, yet no order is refused on its own: not a data problem.
             return Err(error.to_string());
@@ -216,10 +215,10 @@ async fn apply(
 }
 
 /// Retries an operation while its errors are transient.
-async fn retry_transient<T, F, Fut>(backoff: ExponentialBackoff, op: F) -> Result<T, MysqlError>
+async fn retry_transient<T, F, Fut>(backoff: ExponentialBackoff, op: F) -> Result<T, OlapError>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<T, MysqlError>>,
+    Fut: std::future::Future<Output = Result<T, OlapError>>,
 {
     backoff::future::retry(backoff, || async {
         op().await.map_err(|e| {
@@ -236,15 +235,15 @@ where
 }
 
 async fn apply_with_retry(
-    pool: &MySqlPool,
+    store: &OlapStore,
     topic: &str,
     batch: &Batch,
     backoff: ExponentialBackoff,
-) -> Result<ApplyReport, MysqlError> {
+) -> Result<ApplyReport, OlapError> {
     retry_transient(backoff, || async {
         #[cfg(feature = "failpoints")]
         crate::failpoints::hit("before_mysql_commit");
-        mysql::apply_batch(pool, topic, batch).await
+        store.apply_batch(topic, batch).await
     })
     .await
 }

@@ -43,6 +43,8 @@ pub struct OrderProducer {
     health: Option<Arc<Health>>,
     /// Acknowledgements seen by the last tick.
     acked_seen: u64,
+    /// Every this many records is made invalid on purpose (0: never; the demo's dead letters).
+    invalid_every: u64,
 }
 
 impl OrderProducer {
@@ -70,7 +72,14 @@ impl OrderProducer {
             done,
             health,
             acked_seen: 0,
+            invalid_every: 0,
         }
+    }
+
+    /// Makes every `n`th record invalid (see `simulation::invalid_record`); 0 turns it off.
+    pub fn with_invalid_every(mut self, n: u64) -> Self {
+        self.invalid_every = n;
+        self
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
@@ -106,7 +115,12 @@ impl OrderProducer {
             highest_ms = Some(id_ms);
             let order = self.generator.next(now, &mut rng);
             let key = order.order_id.to_string();
-            let payload = order.to_json();
+            let payload =
+                if self.invalid_every > 0 && (self.sent + 1).is_multiple_of(self.invalid_every) {
+                    crate::simulation::invalid_record(&order, self.sent / self.invalid_every)
+                } else {
+                    order.to_json()
+                };
             let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
             match self.producer.send_result(record) {
                 Ok(delivery) => {

@@ -492,6 +492,32 @@ impl Env {
             .await
             .unwrap()
     }
+
+    /// A migrated OLAP store: this environment's MariaDB database (migrated by `migrate`), or
+    /// a fresh SQLite file under the environment's directory.
+    pub async fn olap(&self, partitions: i32, backend: Backend) -> orderstream::olap::OlapStore {
+        match backend {
+            Backend::Mariadb => orderstream::olap::OlapStore::Mysql(self.mysql(partitions).await),
+            Backend::Sqlite => {
+                let path = self
+                    .root
+                    .path()
+                    .join(format!("{}.sqlite", self.names.database));
+                let pool = orderstream::sqlite::connect(Some(&path)).await.unwrap();
+                orderstream::sqlite::migrate(&pool).await.unwrap();
+                orderstream::olap::OlapStore::Sqlite(pool)
+            }
+        }
+    }
+}
+
+/// The OLAP stores the ledger protocol runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    /// Production's store (MariaDB 10.11 here).
+    Mariadb,
+    /// The demo's store.
+    Sqlite,
 }
 
 pub use orderstream::topic_reader::TopicRecord;
@@ -684,14 +710,7 @@ pub fn promtool_check(metrics: &str) {
 
 /// The sum of every series of a metric in a scrape.
 pub fn metric_sum(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with(name)
-                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    orderstream::telemetry::total(metrics, name)
 }
 
 /// Waits until the MySQL ledger of the test's topic equals `ends` (partition → log end).
