@@ -201,7 +201,9 @@ impl Pipeline {
             flow,
             stop,
         });
-        self.health.set_ready(true);
+        // Ready once the consumer has joined the group and claimed what it was given (it says
+        // so itself): producing into an instance that is still joining only adds latency.
+        self.health.set_ready(false);
         Ok(())
     }
 

@@ -269,7 +269,7 @@ pub fn seconds(name: &'static str, d: Duration) {
 pub struct Health {
     /// Unix ms of the last sign of progress (a poll, a commit); `/healthz` fails when stale.
     pub last_progress_ms: AtomicI64,
-    /// The data path is running (group joined or joining).
+    /// The data path runs: the group is joined and every assigned partition is claimed.
     pub ready: AtomicBool,
     /// Both stores answered their last probe.
     pub stores_reachable: AtomicBool,

@@ -14,10 +14,12 @@ use crate::actors::cassandra_writer::{CassandraWriter, WriteBatch};
 use crate::actors::{ActorFailed, Flow, Halt};
 use crate::batch::{Batch, BatchCutter, BatchLimits, Record};
 
-/// One record for the open batch.
+/// Records for the open batch, in the order they were polled. The consumer sends what one poll
+/// round found (up to a few hundred), not one message per record: a mailbox round trip per
+/// record cost more than the batching itself.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Ingest(pub Record);
+pub struct Ingest(pub Vec<Record>);
 
 /// Cut the open batch now (drain on shutdown).
 #[derive(Message)]
@@ -111,18 +113,21 @@ impl Actor for Batcher {
 
 impl Handler<Ingest> for Batcher {
     type Result = ();
-    fn handle(&mut self, Ingest(record): Ingest, ctx: &mut Self::Context) {
-        let was_empty = self.cutter.open_len() == 0;
-        if let Some(batch) = self.cutter.push(record, Instant::now()) {
-            let trigger = if batch.records.len() >= self.limits.max_orders {
-                "count"
-            } else {
-                "bytes"
-            };
-            self.dispatch(batch, trigger, ctx);
-            self.arm_timer(ctx);
-        } else if was_empty {
-            self.arm_timer(ctx);
+    fn handle(&mut self, Ingest(records): Ingest, ctx: &mut Self::Context) {
+        let now = Instant::now();
+        for record in records {
+            let was_empty = self.cutter.open_len() == 0;
+            if let Some(batch) = self.cutter.push(record, now) {
+                let trigger = if batch.records.len() >= self.limits.max_orders {
+                    "count"
+                } else {
+                    "bytes"
+                };
+                self.dispatch(batch, trigger, ctx);
+                self.arm_timer(ctx);
+            } else if was_empty {
+                self.arm_timer(ctx);
+            }
         }
     }
 }

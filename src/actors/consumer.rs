@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use backoff::ExponentialBackoff;
+use futures::FutureExt;
 use metrics::{counter, gauge};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
@@ -269,6 +270,7 @@ impl KafkaConsumer {
                             "partition claimed"
                         );
                         act.update_paused_gauge();
+                        act.update_readiness();
                     }
                     Err((error, fatal)) => {
                         // A partition revoked while its claim ran cannot be sought any more
@@ -283,6 +285,16 @@ impl KafkaConsumer {
                     }
                 }),
         );
+    }
+
+    /// Ready when every assigned partition is claimed (an empty assignment is ready too: the
+    /// member has joined, there is just nothing for it).
+    fn update_readiness(&self) {
+        let claiming = lock(&self.gate)
+            .partitions
+            .values()
+            .any(|s| matches!(s, PartitionState::Claiming { .. }));
+        self.health.set_ready(!claiming);
     }
 
     fn update_paused_gauge(&self) {
@@ -324,6 +336,9 @@ fn apply_backpressure(client: &Client, gate: &Mutex<Gate>, flow: &Flow, topic: &
     }
 }
 
+/// Records handed to the batcher in one message at most (see `batcher::Ingest`).
+const INGEST_CHUNK: usize = 256;
+
 #[allow(clippy::too_many_arguments)]
 async fn poll_loop(
     client: Arc<Client>,
@@ -350,33 +365,57 @@ async fn poll_loop(
             Ok(Ok(message)) => message,
         };
         health.progress();
-        let (partition, offset) = (message.partition(), message.offset());
-        let Some(epoch) = lock(&gate).admit(partition, offset) else {
-            continue;
-        };
-        let payload = message.payload().unwrap_or_default();
-        let content = match crate::order::decode(payload, max_record_bytes) {
-            Ok(order) => Content::Valid(order),
-            Err(rejection) => Content::Invalid {
-                rejection,
-                payload: payload.to_vec(),
-            },
-        };
-        let record = Record {
-            partition,
-            offset,
-            epoch,
-            bytes: payload.len(),
-            content,
-        };
+        let mut records = Vec::with_capacity(INGEST_CHUNK);
+        records.extend(admit(&gate, &message, max_record_bytes));
         drop(message);
-        counter!(telemetry::CONSUMER_RECORDS).increment(1);
+        // Then what librdkafka has already fetched, without waiting (recv is cancel-safe: a
+        // poll that finds nothing takes nothing).
+        while records.len() < INGEST_CHUNK {
+            match client.recv().now_or_never() {
+                Some(Ok(message)) => records.extend(admit(&gate, &message, max_record_bytes)),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka poll error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        if records.is_empty() {
+            continue;
+        }
+        counter!(telemetry::CONSUMER_RECORDS).increment(records.len() as u64);
         batcher
-            .send(Ingest(record))
+            .send(Ingest(records))
             .await
             .map_err(|e| format!("batcher: {e}"))?;
     }
     Ok(())
+}
+
+/// Decodes and validates a polled message into a record, or None when the gate discards it
+/// (its partition is being claimed, or it is below the claimed position).
+fn admit(
+    gate: &Mutex<Gate>,
+    message: &rdkafka::message::BorrowedMessage<'_>,
+    max_record_bytes: usize,
+) -> Option<Record> {
+    let (partition, offset) = (message.partition(), message.offset());
+    let epoch = lock(gate).admit(partition, offset)?;
+    let payload = message.payload().unwrap_or_default();
+    let content = match crate::order::decode(payload, max_record_bytes) {
+        Ok(order) => Content::Valid(order),
+        Err(rejection) => Content::Invalid {
+            rejection,
+            payload: payload.to_vec(),
+        },
+    };
+    Some(Record {
+        partition,
+        offset,
+        epoch,
+        bytes: payload.len(),
+        content,
+    })
 }
 
 impl Actor for KafkaConsumer {
@@ -435,6 +474,7 @@ impl StreamHandler<AssignmentChange> for KafkaConsumer {
             }
         }
         self.update_paused_gauge();
+        self.update_readiness();
     }
 
     fn finished(&mut self, _: &mut Self::Context) {}
