@@ -62,6 +62,8 @@ struct Figures {
     baseline: f64,
     pipeline: f64,
     peak_rss_mib: f64,
+    /// CPU used during the drain, in % of one core: (process, share).
+    drain_cpu: Vec<(&'static str, f64)>,
     p50_ms: f64,
     p99_ms: f64,
 }
@@ -206,9 +208,11 @@ async fn measure(
 
     // The pipeline drains the backlog, in its own keyspace and database.
     renew(&mut env, mock, true);
-    let (rate, rss) = pipeline_drain(&env, orders).await;
+    let (rate, rss, cpu) = pipeline_drain(&env, orders).await;
     f.pipeline = rate;
     f.peak_rss_mib = rss;
+    f.drain_cpu = cpu;
+    eprintln!("cpu during the drain (% of one core): {cpu:?}");
     eprintln!("pipeline: {rate:.0}/s, peak RSS {rss:.1} MiB");
 
     // Latency at a steady rate, on a new topic.
@@ -405,18 +409,57 @@ async fn baseline(cfg: &Config, count: u64) -> f64 {
     done as f64 / started.elapsed().as_secs_f64()
 }
 
-/// `orderstream run` drains the backlog; returns (orders/s from 5% to 100%, peak RSS MiB).
-async fn pipeline_drain(env: &Env, orders: u64) -> (f64, f64) {
+/// CPU seconds a process has used so far (user + system), from /proc; 0 when it is gone.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // CLK_TCK is 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Every process that works during a drain: the pipeline, the servers, and this process (which
+/// hosts the mock cluster when it is the broker).
+fn drain_processes(env: &Env, run: &common::Proc) -> Vec<(&'static str, u32)> {
+    let mut procs = vec![("pipeline", run.child.id())];
+    if let Some(p) = &env.broker.proc {
+        procs.push(("broker (tansu)", p.child.id()));
+    } else {
+        procs.push(("bench process (mock cluster)", std::process::id()));
+    }
+    if let Some(p) = &env.cql.proc {
+        procs.push(("CQL emulator", p.child.id()));
+    }
+    if let Some(p) = &env.mariadb.proc {
+        procs.push(("MariaDB", p.child.id()));
+    }
+    procs
+}
+
+/// `orderstream run` drains the backlog; returns (orders/s from 5% to 100%, peak RSS MiB, CPU
+/// per process over the same span in % of one core).
+async fn pipeline_drain(env: &Env, orders: u64) -> (f64, f64, Vec<(&'static str, f64)>) {
     let pool = env.mysql(PARTITIONS).await;
     let topic = env.names.topic.clone();
     let mut run = env.spawn(PARTITIONS, &["run"]);
     let from = (orders / 20) as i64;
+    let procs = drain_processes(env, &run);
+    let mut cpu0 = Vec::new();
     let mut t0 = None;
     let deadline = Instant::now() + Duration::from_secs(3600);
     loop {
         let n = common::applied(&pool, &topic).await;
         if t0.is_none() && n >= from {
             t0 = Some((Instant::now(), n));
+            cpu0 = procs.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
         }
         if n >= orders as i64 {
             break;
@@ -429,10 +472,16 @@ async fn pipeline_drain(env: &Env, orders: u64) -> (f64, f64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (t0, n0) = t0.unwrap();
-    let rate = (orders as i64 - n0) as f64 / t0.elapsed().as_secs_f64();
+    let elapsed = t0.elapsed().as_secs_f64();
+    let rate = (orders as i64 - n0) as f64 / elapsed;
+    let cpu = procs
+        .iter()
+        .zip(&cpu0)
+        .map(|((name, pid), before)| (*name, 100.0 * (cpu_seconds(*pid) - before) / elapsed))
+        .collect();
     let rss = common::peak_rss(&run) as f64 / (1024.0 * 1024.0);
     assert_eq!(run.terminate(Duration::from_secs(60)), Some(0));
-    (rate, rss)
+    (rate, rss, cpu)
 }
 
 /// p50 and p99 end-to-end latency (ms) at LATENCY_RATE orders/s.
@@ -577,4 +626,19 @@ fn print_table(columns: &[(&str, Figures)]) {
     row("peak RSS draining the backlog (target < 256 MiB)", &|f| {
         format!("{:.1} MiB", f.peak_rss_mib)
     });
+    row(
+        &format!(
+            "CPU during the drain, % of one core ({cores} cores = {}%)",
+            cores * 100
+        ),
+        &|f| {
+            let parts: Vec<String> = f
+                .drain_cpu
+                .iter()
+                .map(|(name, share)| format!("{name} {share:.0}%"))
+                .collect();
+            let total: f64 = f.drain_cpu.iter().map(|(_, s)| s).sum();
+            format!("{} = {total:.0}%", parts.join(" + "))
+        },
+    );
 }

@@ -267,3 +267,77 @@ async fn replays_gaps_and_fencing_change_nothing(backend: Backend) {
         Deltas::fold(&expected)
     );
 }
+
+/// DESIGN rule 10 at the store level, on both stores: a trigger (standing in for a constraint a
+/// DBA added) refuses every order of product 13. The batch transaction fails as a data
+/// rejection, bisection names exactly the refused orders, and without them the batch applies.
+#[actix::test]
+async fn refused_orders_are_found_by_bisection_on_mariadb() {
+    refused_orders_are_found_by_bisection(Backend::Mariadb).await;
+}
+
+#[actix::test]
+async fn refused_orders_are_found_by_bisection_on_sqlite() {
+    refused_orders_are_found_by_bisection(Backend::Sqlite).await;
+}
+
+async fn refused_orders_are_found_by_bisection(backend: Backend) {
+    let _heavy = common::heavy();
+    let env = Env::start();
+    env.migrate(1);
+    let store = env.olap(1, backend).await;
+    let topic = env.names.topic.clone();
+    match &store {
+        OlapStore::Mysql(pool) => {
+            sqlx::raw_sql(
+                "CREATE TRIGGER refuse_13 BEFORE INSERT ON aggregated_sales FOR EACH ROW \
+                 BEGIN IF NEW.product_id = 13 THEN \
+                 SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'product 13 refused'; END IF; END",
+            )
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        OlapStore::Sqlite(pool) => {
+            sqlx::raw_sql(
+                "CREATE TRIGGER refuse_13 BEFORE INSERT ON aggregated_sales \
+                 WHEN NEW.product_id = 13 BEGIN SELECT RAISE(ABORT, 'product 13 refused'); END",
+            )
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+    }
+    store.claim(&topic, 0, "test", 0).await.unwrap();
+    // Orders 0..60: product = id % 20 + 1, so ids 12, 32 and 52 are product 13.
+    let mut b = batch(0, 0, 1, 0..60);
+    let err = store.apply_batch(&topic, &b).await.unwrap_err();
+    assert!(err.is_data_rejection(), "{err}");
+    assert!(!err.is_transient(), "{err}");
+    assert!(store.read_aggregates().await.unwrap().is_empty());
+
+    let refused = store.find_rejected(&topic, &b).await.unwrap();
+    let indices: Vec<usize> = refused.iter().map(|(i, _)| *i).collect();
+    assert_eq!(indices, vec![12, 32, 52]);
+    assert!(
+        refused
+            .iter()
+            .all(|(_, m)| m.contains("product 13 refused")),
+        "{refused:?}"
+    );
+    // The probes changed nothing.
+    assert!(store.read_aggregates().await.unwrap().is_empty());
+    assert_eq!(store.read_ledger(&topic).await.unwrap()[&0], 0);
+
+    // Set aside (the aggregator dead-letters them), the rest applies and the ledger passes all.
+    for i in &indices {
+        b.records[*i].reject(orderstream::order::Reason::StoreRejected, "refused".into());
+    }
+    let report = store.apply_batch(&topic, &b).await.unwrap();
+    assert_eq!(
+        (report.applied_orders, report.committed.clone()),
+        (57, vec![(0, 60)])
+    );
+    let kept: Vec<Order> = (0..60).filter(|i| i % 20 != 12).map(order).collect();
+    assert_eq!(store.read_aggregates().await.unwrap(), Deltas::fold(&kept));
+}
