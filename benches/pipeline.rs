@@ -211,8 +211,8 @@ async fn measure(
     let (rate, rss, cpu) = pipeline_drain(&env, orders).await;
     f.pipeline = rate;
     f.peak_rss_mib = rss;
-    f.drain_cpu = cpu;
     eprintln!("cpu during the drain (% of one core): {cpu:?}");
+    f.drain_cpu = cpu;
     eprintln!("pipeline: {rate:.0}/s, peak RSS {rss:.1} MiB");
 
     // Latency at a steady rate, on a new topic.
