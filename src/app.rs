@@ -129,7 +129,7 @@ pub async fn start_http(
     health: Arc<Health>,
 ) -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
     let handle = telemetry::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
-    tokio::spawn(telemetry::sample_process());
+    tokio::spawn(telemetry::sample_process(handle.clone()));
     if cfg.http.listen.is_empty() {
         return Ok(handle);
     }
@@ -181,14 +181,24 @@ pub async fn run(
     migrate_first: bool,
     produce_rate: Option<u32>,
 ) -> anyhow::Result<i32> {
+    let mut shutdown = crate::Shutdown::listen();
     let cfg = Arc::new(cfg);
     let health = Arc::new(Health::default());
     health.progress();
     start_http(&cfg, health.clone()).await?;
-    if migrate_first {
-        migrate(&cfg).await?;
-    }
-    let (stores, pool) = connect_stores(&cfg).await?;
+    let starting = async {
+        if migrate_first {
+            migrate(&cfg).await?;
+        }
+        connect_stores(&cfg).await
+    };
+    let (stores, pool) = tokio::select! {
+        started = starting => started?,
+        _ = shutdown.requested() => {
+            tracing::info!("shutdown requested while starting: nothing to drain");
+            return Ok(0);
+        }
+    };
     let owner = instance_name();
     tracing::info!(%owner, topic = %cfg.kafka.topic, "pipeline starting");
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::channel(1);
@@ -198,7 +208,7 @@ pub async fn run(
         None => None,
     };
     let failed = tokio::select! {
-        _ = crate::shutdown_signal() => None,
+        _ = shutdown.requested() => None,
         code = exit_rx.recv() => code,
     };
     if let Some((p, lease)) = producer {
@@ -223,6 +233,7 @@ pub async fn run(
 
 /// `produce`: the producer alone; with a count, exits 0 once every order is acknowledged.
 pub async fn produce(cfg: Config, rate: u32, count: u64) -> anyhow::Result<i32> {
+    let mut shutdown = crate::Shutdown::listen();
     let health = Arc::new(Health::default());
     health.progress();
     start_http(&cfg, health.clone()).await?;
@@ -244,7 +255,7 @@ pub async fn produce(cfg: Config, rate: u32, count: u64) -> anyhow::Result<i32> 
             tracing::info!(acked, "all orders acknowledged");
             println!("produced {acked} orders");
         }
-        _ = crate::shutdown_signal() => {
+        _ = shutdown.requested() => {
             let _ = producer.send(crate::actors::Halt).await;
             tracing::info!("producer stopped");
         }

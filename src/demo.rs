@@ -72,6 +72,7 @@ pub struct DemoOptions {
 
 /// Runs the demo. Returns the process exit code: 0 exact, 4 differences, or the supervisor's.
 pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<i32> {
+    let mut shutdown = crate::Shutdown::listen();
     let olap = open_olap(opts.sqlite.as_deref(), &cfg.kafka.topic).await?;
 
     // Kafka: the mock cluster has no CreateTopics, so the topics are made here.
@@ -131,7 +132,7 @@ pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<i32> {
     let failed = loop {
         tokio::select! {
             _ = ticker.tick() => summary.print().await,
-            _ = crate::shutdown_signal() => break None,
+            _ = shutdown.requested() => break None,
             _ = sleep_until(deadline) => break None,
             code = exit_rx.recv() => break code,
             acked = &mut done_rx, if producing => {
@@ -154,7 +155,7 @@ pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<i32> {
     println!("\nstopping: producer stopped; letting the pipeline catch up (Ctrl-C to skip)");
     tokio::select! {
         _ = summary.caught_up(opts.catch_up) => {}
-        _ = crate::shutdown_signal() => println!("catching up skipped"),
+        _ = shutdown.requested() => println!("catching up skipped"),
     }
     let drained = pipeline.send(Drain).await.unwrap_or(false);
     println!(

@@ -210,10 +210,13 @@ pub fn consumer_lag(partition: i32, lag: i64) {
     gauge!(CONSUMER_LAG, "partition" => partition.to_string()).set(lag as f64);
 }
 
-/// Samples resident memory and CPU time from /proc every few seconds (Linux only; elsewhere the
-/// series stay absent).
-pub async fn sample_process() {
+/// Every few seconds: samples resident memory and CPU time from /proc (Linux only; elsewhere
+/// the series stay absent), and runs the recorder's upkeep. The upkeep folds histogram samples
+/// into their buckets; without it every sample is kept until the next scrape, so an instance
+/// nobody scrapes grew by 8 bytes per order, without bound.
+pub async fn sample_process(handle: PrometheusHandle) {
     loop {
+        handle.run_upkeep();
         if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
             if let Some(pages) = statm
                 .split_whitespace()

@@ -142,3 +142,21 @@ async fn drain_timeout_abandons_a_stuck_batch_and_exits_0() {
     assert_eq!(again.terminate(Duration::from_secs(30)), Some(0));
     common::assert_stores_exact(&env, PARTITIONS, 3000).await;
 }
+
+/// SIGTERM while `run` is still starting (here: waiting for a MySQL that does not answer) is
+/// caught and ends the process with 0, not by the signal's default action. Found when startup
+/// got fast enough for the SIGTERM test above to hit that window.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_starting_exits_0() {
+    let _heavy = common::heavy();
+    let env = Env::start();
+    let nowhere = common::free_port().to_string();
+    let mut run = env.spawn_with(1, &["run"], &[("ORDERSTREAM__MYSQL__PORT", &nowhere)]);
+    // Past the operations port, into the wait for MySQL.
+    common::eventually(Duration::from_secs(30), "the operations port", || async {
+        common::http_status(env.http_port, "/healthz").is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(run.terminate(Duration::from_secs(10)), Some(0));
+}

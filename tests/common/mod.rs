@@ -91,6 +91,10 @@ impl Proc {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
+                if status.code().is_none() {
+                    use std::os::unix::process::ExitStatusExt;
+                    eprintln!("{} ended by signal {:?}", self.name, status.signal());
+                }
                 return status.code();
             }
             std::thread::sleep(Duration::from_millis(20));
