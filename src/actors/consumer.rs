@@ -4,8 +4,9 @@
 //! Batcher. Newly assigned partitions start paused; the actor claims each one in the MySQL
 //! ledger (epoch + 1), seeks to the ledger's position, commits that offset to Kafka as a hint
 //! and resumes it (DESIGN rule 2). Until then, records of the partition are discarded by the
-//! gate. Polling never waits on MySQL, so a slow database cannot get the member evicted; when
-//! too many batches are in flight, every partition is paused and polling goes on.
+//! gate. Polling never waits on MySQL, so a slow database cannot get the member evicted. When
+//! too many batches are in flight, the poll loop first holds back (librdkafka's bounded queue
+//! keeps what it prefetched); if that lasts, every partition is paused and polling goes on.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -313,7 +314,8 @@ impl KafkaConsumer {
     }
 }
 
-/// Pauses or resumes the active partitions as the in-flight count crosses the limit.
+/// Pauses the active partitions when the in-flight count is at the limit (the poll loop calls
+/// this once holding back has lasted `HOLD_BACK_MAX`), resumes them once it is below.
 fn apply_backpressure(client: &Client, gate: &Mutex<Gate>, flow: &Flow, topic: &str) {
     let saturated = flow.saturated();
     let mut gate = lock(gate);
@@ -339,6 +341,15 @@ fn apply_backpressure(client: &Client, gate: &Mutex<Gate>, flow: &Flow, topic: &
 /// Records handed to the batcher in one message at most (see `batcher::Ingest`).
 const INGEST_CHUNK: usize = 256;
 
+/// How long the poll loop holds back while too many batches are in flight (it stops taking
+/// records, and librdkafka stops fetching once its bounded queue is full) before it pauses the
+/// partitions instead. A pause throws librdkafka's prefetched records away, so every resume
+/// fetched them again: under a steady drain the pipeline paused and resumed at every batch and
+/// waited on the broker each time (found by the end-to-end benchmark). Holding back keeps them;
+/// pausing, past this, keeps the member polling through a real outage, so rebalances are still
+/// served and `max.poll.interval.ms` is never at risk.
+const HOLD_BACK_MAX: Duration = Duration::from_secs(2);
+
 #[allow(clippy::too_many_arguments)]
 async fn poll_loop(
     client: Arc<Client>,
@@ -350,7 +361,18 @@ async fn poll_loop(
     topic: String,
     max_record_bytes: usize,
 ) -> Result<(), String> {
+    let mut saturated_since: Option<std::time::Instant> = None;
     while !stop.load(Ordering::Acquire) {
+        if flow.saturated() {
+            let since = *saturated_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() < HOLD_BACK_MAX && !lock(&gate).backpressure {
+                health.progress();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                continue;
+            }
+        } else {
+            saturated_since = None;
+        }
         apply_backpressure(&client, &gate, &flow, &topic);
         let message = match tokio::time::timeout(Duration::from_millis(100), client.recv()).await {
             Err(_) => {
