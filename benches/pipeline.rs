@@ -66,6 +66,9 @@ struct Figures {
     drain_cpu: Vec<(&'static str, f64)>,
     p50_ms: f64,
     p99_ms: f64,
+    /// The broker alone at the same rate: order created → read by a bare consumer.
+    broker_p50_ms: f64,
+    broker_p99_ms: f64,
 }
 
 impl Figures {
@@ -214,6 +217,14 @@ async fn measure(
     eprintln!("cpu during the drain (% of one core): {cpu:?}");
     f.drain_cpu = cpu;
     eprintln!("pipeline: {rate:.0}/s, peak RSS {rss:.1} MiB");
+
+    // The broker's own latency at that rate, on a new topic: what the pipeline cannot beat.
+    renew(&mut env, mock, false);
+    (f.broker_p50_ms, f.broker_p99_ms) = broker_latency(&env).await;
+    eprintln!(
+        "broker alone at {LATENCY_RATE}/s: p50 {:.0} ms, p99 {:.0} ms",
+        f.broker_p50_ms, f.broker_p99_ms
+    );
 
     // Latency at a steady rate, on a new topic.
     renew(&mut env, mock, false);
@@ -520,6 +531,58 @@ async fn latency(env: &Env) -> (f64, f64) {
     )
 }
 
+/// p50 and p99 (ms) from an order's creation to a bare consumer reading it, with the producer at
+/// LATENCY_RATE: the broker's share of the end-to-end latency.
+async fn broker_latency(env: &Env) -> (f64, f64) {
+    const COUNT: u64 = 50_000;
+    let mut producer = env.spawn(
+        PARTITIONS,
+        &[
+            "produce",
+            "--count",
+            &COUNT.to_string(),
+            "--rate",
+            &LATENCY_RATE.to_string(),
+        ],
+    );
+    let (brokers, topic) = (env.broker.addr(), env.names.topic.clone());
+    let mut delays = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "bench-broker-latency")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "50")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut delays = Vec::with_capacity(COUNT as usize);
+        while (delays.len() as u64) < COUNT {
+            match consumer.poll(Duration::from_secs(30)) {
+                Some(Ok(m)) => {
+                    let now = chrono::Utc::now().timestamp_millis();
+                    if let Ok(o) = decode(m.payload().unwrap_or_default(), MAX_RECORD_BYTES) {
+                        delays.push((now - o.created_at_ms) as f64);
+                    }
+                }
+                Some(Err(e)) => panic!("broker latency consumer: {e}"),
+                None => panic!("broker latency consumer: nothing for 30 s"),
+            }
+        }
+        delays
+    })
+    .await
+    .unwrap();
+    assert_eq!(producer.wait(Duration::from_secs(120)), Some(0));
+    delays.sort_by(f64::total_cmp);
+    let at = |q: f64| delays[((delays.len() as f64 - 1.0) * q) as usize];
+    (at(0.5), at(0.99))
+}
+
 /// (upper bound, cumulative count) of a histogram's buckets, +Inf last.
 fn histogram(metrics: &str, name: &str) -> Vec<(f64, f64)> {
     let prefix = format!("{name}_bucket{{le=\"");
@@ -622,6 +685,10 @@ fn print_table(columns: &[(&str, Figures)]) {
     row(
         &format!("end-to-end latency p50 / p99 at {LATENCY_RATE}/s (target p99 < 1 s)"),
         &|f| format!("{:.0} ms / {:.0} ms", f.p50_ms, f.p99_ms),
+    );
+    row(
+        &format!("raw: the broker alone, created → read, p50 / p99 at {LATENCY_RATE}/s"),
+        &|f| format!("{:.0} ms / {:.0} ms", f.broker_p50_ms, f.broker_p99_ms),
     );
     row("peak RSS draining the backlog (target < 256 MiB)", &|f| {
         format!("{:.1} MiB", f.peak_rss_mib)
