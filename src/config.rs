@@ -148,8 +148,7 @@ pub struct CassandraConfig {
     pub replication_factor: u32,
     /// Consistency of writes: one, local_one, quorum, local_quorum, all.
     pub consistency: String,
-    /// Inserts in flight at once, across all batches. 256 kept the driver busy enough to
-    /// reach the emulator's limit in the end-to-end benchmark (64 left a fifth of it unused).
+    /// Inserts in flight at once, across all batches.
     pub concurrency: usize,
     /// Timeout of one request.
     pub request_timeout_ms: u64,
@@ -168,7 +167,7 @@ impl Default for CassandraConfig {
             keyspace: "sales".into(),
             replication_factor: 1,
             consistency: "local_quorum".into(),
-            concurrency: 256,
+            concurrency: 64,
             request_timeout_ms: 5_000,
             await_schema_agreement: true,
             user: String::new(),
