@@ -217,16 +217,10 @@ impl KafkaConsumer {
                     true,
                 ));
             }
-            let seek_client = client.clone();
-            let topic = settings.topic.clone();
-            let timeout = settings.request_timeout;
             let next = claim.next_offset;
-            tokio::task::spawn_blocking(move || {
-                seek_client.seek(&topic, partition, Offset::Offset(next), timeout)
-            })
-            .await
-            .map_err(|e| (e.to_string(), false))?
-            .map_err(|e| (format!("seek {partition} to {next}: {e}"), false))?;
+            seek(&client, &settings, partition, next)
+                .await
+                .map_err(|e| (format!("seek {partition} to {next}: {e}"), false))?;
             Ok(claim)
         };
         ctx.spawn(
@@ -311,6 +305,42 @@ impl KafkaConsumer {
             claiming
         };
         gauge!(telemetry::CONSUMER_PAUSED).set(paused as f64);
+    }
+}
+
+/// Seeks a newly claimed partition to the ledger's position. Right after an assignment
+/// librdkafka may not have started the partition's fetcher yet and answers "erroneous state";
+/// that passes within milliseconds, so it is retried for up to the request timeout. (Claims on
+/// SQLite are fast enough to hit it: the demo restarted its data path once at startup and lost
+/// ten seconds to the rejoin.)
+async fn seek(
+    client: &Arc<Client>,
+    settings: &ConsumerSettings,
+    partition: i32,
+    next: i64,
+) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + settings.request_timeout;
+    loop {
+        let (client, topic, timeout) = (
+            client.clone(),
+            settings.topic.clone(),
+            settings.request_timeout,
+        );
+        let result = tokio::task::spawn_blocking(move || {
+            client.seek(&topic, partition, Offset::Offset(next), timeout)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::State)
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
     }
 }
 
