@@ -420,21 +420,9 @@ async fn baseline(cfg: &Config, count: u64) -> f64 {
     done as f64 / started.elapsed().as_secs_f64()
 }
 
-/// CPU seconds a process has used so far (user + system), from /proc; 0 when it is gone.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // CLK_TCK is 100 on Linux.
-    (ticks(11) + ticks(12)) / 100.0
+/// CPU seconds a process has used so far; 0 once it is gone.
+fn cpu(pid: u32) -> f64 {
+    orderstream::telemetry::cpu_seconds(&pid.to_string()).unwrap_or(0.0)
 }
 
 /// Every process that works during a drain: the pipeline, the servers, and this process (which
@@ -470,7 +458,7 @@ async fn pipeline_drain(env: &Env, orders: u64) -> (f64, f64, Vec<(&'static str,
         let n = common::applied(&pool, &topic).await;
         if t0.is_none() && n >= from {
             t0 = Some((Instant::now(), n));
-            cpu0 = procs.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+            cpu0 = procs.iter().map(|(_, pid)| cpu(*pid)).collect();
         }
         if n >= orders as i64 {
             break;
@@ -488,7 +476,7 @@ async fn pipeline_drain(env: &Env, orders: u64) -> (f64, f64, Vec<(&'static str,
     let cpu = procs
         .iter()
         .zip(&cpu0)
-        .map(|((name, pid), before)| (*name, 100.0 * (cpu_seconds(*pid) - before) / elapsed))
+        .map(|((name, pid), before)| (*name, 100.0 * (cpu(*pid) - before) / elapsed))
         .collect();
     let rss = common::peak_rss(&run) as f64 / (1024.0 * 1024.0);
     assert_eq!(run.terminate(Duration::from_secs(60)), Some(0));

@@ -226,20 +226,26 @@ pub async fn sample_process(handle: PrometheusHandle) {
                 gauge!(PROCESS_MEMORY).set(pages * 4096.0);
             }
         }
-        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-            // Fields after the command name (which may contain spaces): utime is the 14th
-            // field overall, stime the 15th, in clock ticks (100 per second on Linux).
-            if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
-                let fields: Vec<&str> = rest.split_whitespace().collect();
-                let ticks: u64 = [11, 12]
-                    .iter()
-                    .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
-                    .sum();
-                counter!(PROCESS_CPU).absolute(ticks / 100);
-            }
+        if let Some(seconds) = cpu_seconds("self") {
+            counter!(PROCESS_CPU).absolute(seconds as u64);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// CPU time (user + system, seconds) a process has used, from `/proc/<pid>/stat`; `pid` may be
+/// `self`. None off Linux or when the process is gone. (The benchmark uses it for the servers.)
+pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces): utime is the 14th field
+    // overall, stime the 15th, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
+    Some(ticks as f64 / 100.0)
 }
 
 pub fn batch_cut(trigger: &'static str, records: usize) {
