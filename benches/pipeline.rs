@@ -10,8 +10,9 @@
 //!   same rows (prepared, idempotent, token-aware, like the pipeline) at its best concurrency;
 //!   MySQL ledger transactions per second × the configured batch size;
 //! - the baseline: a bare sequential loop doing the pipeline's job with the same clients
-//!   (consume a batch, write its rows to Cassandra, one MySQL transaction of aggregates plus
-//!   offsets, commit to Kafka) and nothing else;
+//!   (consume a batch, write its rows to Cassandra one by one, one MySQL transaction of
+//!   aggregates plus offsets, commit to Kafka) and nothing else; and, for reference, the same
+//!   loop with the pipeline's insert concurrency (what overlap inside one batch gives alone);
 //! - the pipeline (`orderstream run`, release build) draining the backlog: sustained throughput
 //!   (orders stored in both stores with the ledger, from 5% to 100% of the backlog) and peak RSS;
 //! - end-to-end latency p50/p99 at a steady 5,000 orders/s (order created → MySQL commit),
@@ -20,6 +21,14 @@
 //! The CQL server is the kassandra emulator in every row (no Cassandra or ScyllaDB runs on these
 //! machines): its figures are the emulator's, not a real cluster's. MySQL is a private MariaDB.
 //! Set ORDERSTREAM_BENCH_BROKERS=tansu (or mock) to run one broker only.
+//!
+//! Knobs for development (the table above uses none of them):
+//! - ORDERSTREAM_BENCH_DRAINS_ONLY=N: publish the backlog, then only drain it N times with the
+//!   pipeline, printing each rate (to compare changes quickly; the machine is noisy, so use
+//!   N ≥ 3 and alternate the variants). Pipeline settings pass through the environment, e.g.
+//!   ORDERSTREAM__CASSANDRA__CONCURRENCY=64.
+//! - ORDERSTREAM_BENCH_PARTITIONS (6) and ORDERSTREAM_BENCH_MOCK_MAX (100,000; the mock cluster
+//!   keeps 5 MiB per partition): a longer mock drain needs more partitions.
 
 #[path = "../tests/common/mod.rs"]
 #[allow(dead_code, clippy::all)]
@@ -41,10 +50,19 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use common::{Env, Names};
 
-const PARTITIONS: i32 = 6;
+/// Partitions of the topic (6 unless ORDERSTREAM_BENCH_PARTITIONS says otherwise).
+fn partitions() -> i32 {
+    env_number("ORDERSTREAM_BENCH_PARTITIONS").unwrap_or(6) as i32
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.replace('_', "").parse().ok()
+}
 const MAX_RECORD_BYTES: usize = 64 * 1024;
-/// Orders used by the raw Cassandra and MySQL measurements and by the baseline.
+/// Orders used by the raw Cassandra and MySQL measurements and by the concurrent loop.
 const SAMPLE: usize = 200_000;
+/// Orders through the sequential baseline (one request at a time is slow).
+const BASELINE_ORDERS: u64 = 50_000;
 const LATENCY_RATE: u32 = 5_000;
 const LATENCY_ORDERS: u64 = 150_000;
 /// The largest backlog measured on the mock cluster (see `main`).
@@ -60,6 +78,8 @@ struct Figures {
     mysql_txn_per_s: f64,
     batch_size: usize,
     baseline: f64,
+    /// The baseline's loop with the pipeline's insert concurrency.
+    loop_concurrent: f64,
     pipeline: f64,
     peak_rss_mib: f64,
     /// CPU used during the drain, in % of one core: (process, share).
@@ -81,10 +101,7 @@ impl Figures {
 }
 
 fn main() {
-    let orders: u64 = std::env::var("ORDERSTREAM_BENCH_ORDERS")
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(1_000_000);
+    let orders = env_number("ORDERSTREAM_BENCH_ORDERS").unwrap_or(1_000_000);
     let which = std::env::var("ORDERSTREAM_BENCH_BROKERS").unwrap_or_else(|_| "tansu,mock".into());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -101,7 +118,8 @@ fn main() {
                 // The mock cluster keeps only the newest messages of a partition (a 1,000,000
                 // backlog lost its head: the bare consumer stalled at 162,392), so its backlog
                 // is capped.
-                let orders = orders.min(MOCK_MAX_ORDERS);
+                let orders =
+                    orders.min(env_number("ORDERSTREAM_BENCH_MOCK_MAX").unwrap_or(MOCK_MAX_ORDERS));
                 eprintln!("== librdkafka mock cluster ({orders} orders)");
                 let mock = MockCluster::new(1).expect("mock cluster");
                 let env = Env::with_external_kafka(&mock.bootstrap_servers());
@@ -117,6 +135,9 @@ fn main() {
             },
             figures,
         ));
+    }
+    if env_number("ORDERSTREAM_BENCH_DRAINS_ONLY").is_some() {
+        return;
     }
     print_table(&columns);
 }
@@ -134,10 +155,11 @@ fn renew(
         env.names.dlq = old.dlq;
     } else if let Some(mock) = mock {
         // The mock cluster has no CreateTopics: its topics are made here.
-        mock.create_topic(&env.names.topic, PARTITIONS, 1).unwrap();
+        mock.create_topic(&env.names.topic, partitions(), 1)
+            .unwrap();
         mock.create_topic(&env.names.dlq, 3, 1).unwrap();
     }
-    env.migrate(PARTITIONS);
+    env.migrate(partitions());
 }
 
 async fn measure(
@@ -149,14 +171,20 @@ async fn measure(
         orders,
         ..Figures::default()
     };
+    if partitions() > 16 {
+        // The default prefetch (16 MiB, counted per partition) would not fit the memory budget.
+        env.extra_vars
+            .push(("KAFKA__QUEUED_MAX_MESSAGES_KBYTES".into(), "2048".into()));
+    }
     renew(&mut env, mock, false);
-    let cfg = env.config(PARTITIONS);
+    let cfg = env.config(partitions());
     f.batch_size = cfg.pipeline.max_orders;
+    let drains_only = env_number("ORDERSTREAM_BENCH_DRAINS_ONLY").unwrap_or(0);
 
     // The backlog.
     let started = Instant::now();
     let (code, err) = env.run_to_end(
-        PARTITIONS,
+        partitions(),
         &[
             "produce",
             "--count",
@@ -169,6 +197,15 @@ async fn measure(
     assert_eq!(code, Some(0), "produce: {err}");
     f.produced_per_s = orders as f64 / started.elapsed().as_secs_f64();
     eprintln!("backlog of {orders} published at {:.0}/s", f.produced_per_s);
+    // A development knob: only the pipeline's drain, N times (for comparing changes quickly).
+    for _ in 0..drains_only {
+        renew(&mut env, mock, true);
+        let (rate, rss, cpu) = pipeline_drain(&env, orders).await;
+        eprintln!("pipeline: {rate:.0}/s, peak RSS {rss:.1} MiB, cpu {cpu:?}");
+    }
+    if drains_only > 0 {
+        return f;
+    }
 
     // Raw: a bare consumer reads the whole backlog; the first SAMPLE orders are kept.
     let (rate, sample) = {
@@ -195,7 +232,7 @@ async fn measure(
     }
 
     // Raw: MySQL ledger transactions, sequential as the aggregator runs them.
-    let pool = env.mysql(PARTITIONS).await;
+    let pool = env.mysql(partitions()).await;
     f.mysql_txn_per_s = raw_mysql(&pool, &sample, f.batch_size).await;
     eprintln!(
         "raw mysql: {:.1} txn/s × {} = {:.0}/s",
@@ -204,10 +241,16 @@ async fn measure(
         f.mysql_raw()
     );
 
-    // The sequential baseline, in its own keyspace and database.
+    // The sequential baseline, in its own keyspace and database: every request awaited before
+    // the next one is sent.
     renew(&mut env, mock, true);
-    f.baseline = baseline(&env.config(PARTITIONS), orders.min(SAMPLE as u64)).await;
+    f.baseline = baseline(&env.config(partitions()), orders.min(BASELINE_ORDERS), 1).await;
     eprintln!("baseline: {:.0}/s", f.baseline);
+    // The same loop with the pipeline's insert concurrency: what pipelining adds on top of it.
+    renew(&mut env, mock, true);
+    let cfg = env.config(partitions());
+    f.loop_concurrent = baseline(&cfg, orders.min(SAMPLE as u64), cfg.cassandra.concurrency).await;
+    eprintln!("loop with concurrent inserts: {:.0}/s", f.loop_concurrent);
 
     // The pipeline drains the backlog, in its own keyspace and database.
     renew(&mut env, mock, true);
@@ -246,7 +289,7 @@ fn bare_consumer(brokers: &str, topic: &str, count: u64) -> (f64, Vec<Order>) {
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
+    for p in 0..partitions() {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
     }
@@ -291,7 +334,7 @@ fn make_batch(
         .iter()
         .enumerate()
         .map(|(i, o)| {
-            let partition = i as i32 % PARTITIONS;
+            let partition = i as i32 % partitions();
             let offset = next.entry(partition).or_insert(0);
             let record = Record {
                 partition,
@@ -316,7 +359,7 @@ fn make_batch(
 
 async fn claim_all(pool: &sqlx::MySqlPool, topic: &str, owner: &str) -> BTreeMap<i32, i64> {
     let mut epochs = BTreeMap::new();
-    for p in 0..PARTITIONS {
+    for p in 0..partitions() {
         let claim = orderstream::mysql::claim(pool, topic, p, owner, 0)
             .await
             .unwrap();
@@ -345,7 +388,7 @@ async fn raw_mysql(pool: &sqlx::MySqlPool, sample: &[Order], size: usize) -> f64
 }
 
 /// The bare sequential loop; returns orders per second over `count` orders.
-async fn baseline(cfg: &Config, count: u64) -> f64 {
+async fn baseline(cfg: &Config, count: u64, insert_concurrency: usize) -> f64 {
     let store = CassandraStore::connect(&cfg.cassandra).await.unwrap();
     let pool = orderstream::mysql::connect(&cfg.mysql).await.unwrap();
     let topic = &cfg.kafka.topic;
@@ -404,7 +447,7 @@ async fn baseline(cfg: &Config, count: u64) -> f64 {
             .iter()
             .filter_map(|r| r.order().cloned())
             .collect();
-        insert_all(&store, &orders, cfg.cassandra.concurrency).await;
+        insert_all(&store, &orders, insert_concurrency).await;
         let report = orderstream::mysql::apply_batch(&pool, topic, &batch)
             .await
             .unwrap();
@@ -446,9 +489,9 @@ fn drain_processes(env: &Env, run: &common::Proc) -> Vec<(&'static str, u32)> {
 /// `orderstream run` drains the backlog; returns (orders/s from 5% to 100%, peak RSS MiB, CPU
 /// per process over the same span in % of one core).
 async fn pipeline_drain(env: &Env, orders: u64) -> (f64, f64, Vec<(&'static str, f64)>) {
-    let pool = env.mysql(PARTITIONS).await;
+    let pool = env.mysql(partitions()).await;
     let topic = env.names.topic.clone();
-    let mut run = env.spawn(PARTITIONS, &["run"]);
+    let mut run = env.spawn(partitions(), &["run"]);
     let from = (orders / 20) as i64;
     let procs = drain_processes(env, &run);
     let mut cpu0 = Vec::new();
@@ -485,8 +528,8 @@ async fn pipeline_drain(env: &Env, orders: u64) -> (f64, f64, Vec<(&'static str,
 
 /// p50 and p99 end-to-end latency (ms) at LATENCY_RATE orders/s.
 async fn latency(env: &Env) -> (f64, f64) {
-    let pool = env.mysql(PARTITIONS).await;
-    let mut run = env.spawn(PARTITIONS, &["run"]);
+    let pool = env.mysql(partitions()).await;
+    let mut run = env.spawn(partitions(), &["run"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while common::http_status(env.http_port, "/readyz") != Some(200) {
         assert!(
@@ -496,7 +539,7 @@ async fn latency(env: &Env) -> (f64, f64) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (code, err) = env.run_to_end(
-        PARTITIONS,
+        partitions(),
         &[
             "produce",
             "--count",
@@ -524,7 +567,7 @@ async fn latency(env: &Env) -> (f64, f64) {
 async fn broker_latency(env: &Env) -> (f64, f64) {
     const COUNT: u64 = 50_000;
     let mut producer = env.spawn(
-        PARTITIONS,
+        partitions(),
         &[
             "produce",
             "--count",
@@ -543,7 +586,7 @@ async fn broker_latency(env: &Env) -> (f64, f64) {
             .create()
             .unwrap();
         let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
+        for p in 0..partitions() {
             tpl.add_partition_offset(&topic, p, Offset::Beginning)
                 .unwrap();
         }
@@ -662,10 +705,20 @@ fn print_table(columns: &[(&str, Figures)]) {
             per_s(f.mysql_raw())
         )
     });
-    row("baseline: sequential loop", &|f| per_s(f.baseline));
+    row(
+        "baseline: sequential loop (consume, insert one by one, ledger txn, commit)",
+        &|f| per_s(f.baseline),
+    );
+    row(
+        "reference: the same loop, inserts `cassandra.concurrency` in flight",
+        &|f| per_s(f.loop_concurrent),
+    );
     row("**pipeline: sustained throughput**", &|f| per_s(f.pipeline));
     row("pipeline ÷ baseline (target ≥ 3×)", &|f| {
         format!("{:.2}×", f.pipeline / f.baseline)
+    });
+    row("pipeline ÷ the loop with concurrent inserts", &|f| {
+        format!("{:.2}×", f.pipeline / f.loop_concurrent)
     });
     row("pipeline ÷ smallest raw limit (target ≥ 80%)", &|f| {
         format!("{:.0}%", 100.0 * f.pipeline / f.smallest_raw())

@@ -2,7 +2,9 @@
 //! records, then hands the batch to the MysqlAggregator.
 //!
 //! Several batches may be written at once; one semaphore bounds the inserts in flight across
-//! all of them. Inserts are idempotent upserts, retried with backoff while the store is down or
+//! all of them. The inserts run as a tokio task on the worker threads, not on the actor's
+//! thread: that thread also decodes records and drives MySQL, and insert completions queued
+//! behind it left the CQL connection idle. Inserts are idempotent upserts, retried with backoff while the store is down or
 //! slow (never skipped). A row the store refuses for its data is turned into a dead letter
 //! (DESIGN rule 10) instead of blocking the partition forever.
 
@@ -97,6 +99,50 @@ async fn insert_with_retry(
     .await
 }
 
+/// Inserts a batch's orders, at most `concurrency` at once and within the shared permits;
+/// returns each order's outcome by its index in the batch.
+async fn insert_all(
+    store: Arc<CassandraStore>,
+    permits: Arc<Semaphore>,
+    backoff: ExponentialBackoff,
+    concurrency: usize,
+    orders: Vec<(usize, crate::order::Order)>,
+) -> Vec<(usize, Result<(), CassandraError>)> {
+    futures::stream::iter(orders)
+        .map(move |(i, order)| {
+            let store = store.clone();
+            let permits = permits.clone();
+            let backoff = backoff.clone();
+            async move {
+                // The semaphore is never closed, so acquire cannot fail.
+                let _permit = permits.acquire().await;
+                (i, insert_with_retry(&store, &order, backoff).await)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+/// A spawned task that is cancelled when its owner is dropped: a data-path restart drops the
+/// actor's futures, and the inserts of a dropped batch must stop with them (the replay writes
+/// them again).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn wait(mut self) -> Result<T, String> {
+        (&mut self.0)
+            .await
+            .map_err(|e| format!("cassandra writes: {e}"))
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Handler<WriteBatch> for CassandraWriter {
     type Result = ();
 
@@ -109,26 +155,20 @@ impl Handler<WriteBatch> for CassandraWriter {
         let backoff = self.backoff.clone();
         let work = async move {
             let started = Instant::now();
-            let outcomes: Vec<(usize, Result<(), CassandraError>)> = futures::stream::iter(
-                batch
-                    .records
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, r)| r.order().map(|o| (i, o))),
-            )
-            .map(|(i, order)| {
-                let store = store.clone();
-                let permits = permits.clone();
-                let backoff = backoff.clone();
-                async move {
-                    // The semaphore is never closed, so acquire cannot fail.
-                    let _permit = permits.acquire().await;
-                    (i, insert_with_retry(&store, order, backoff).await)
-                }
-            })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
+            let orders: Vec<(usize, crate::order::Order)> = batch
+                .records
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.order().map(|o| (i, o.clone())))
+                .collect();
+            let task = AbortOnDrop(tokio::spawn(insert_all(
+                store,
+                permits,
+                backoff,
+                concurrency,
+                orders,
+            )));
+            let outcomes = task.wait().await?;
             let mut written = 0u64;
             for (i, outcome) in outcomes {
                 match outcome {

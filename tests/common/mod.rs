@@ -325,6 +325,8 @@ pub struct Env {
     pub mariadb: Mariadb,
     pub names: Names,
     pub http_port: u16,
+    /// More settings for every process (`SECTION__KEY`, value), after the defaults above.
+    pub extra_vars: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -371,6 +373,7 @@ impl Env {
             names: Names::fresh(),
             http_port: free_port(),
             root,
+            extra_vars: Vec::new(),
         }
     }
 
@@ -398,6 +401,7 @@ impl Env {
             ("SUPERVISION__BACKOFF_MAX_MS", "1000".into()),
         ]
         .into_iter()
+        .chain(self.extra_vars.iter().map(|(k, v)| (k.as_str(), v.clone())))
         .map(|(k, v)| (format!("ORDERSTREAM__{k}"), v))
         .collect()
     }
