@@ -221,7 +221,7 @@ async fn measure(
 
     // Raw: the scylla driver's best concurrency over the same rows.
     let store = Arc::new(CassandraStore::connect(&cfg.cassandra).await.unwrap());
-    for concurrency in [16, 64, 256, 1024] {
+    for concurrency in [16, 64, 256, 512, 1024] {
         let rows = &sample[..50_000.min(sample.len())];
         let started = Instant::now();
         insert_all(&store, rows, concurrency).await;
