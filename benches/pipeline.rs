@@ -75,6 +75,8 @@ struct Figures {
     kafka_raw: f64,
     cql_raw: f64,
     cql_best_concurrency: usize,
+    /// CPU per insert (driver + emulator) at the best concurrency, in µs.
+    cql_raw_cpu_us: f64,
     mysql_txn_per_s: f64,
     batch_size: usize,
     baseline: f64,
@@ -221,15 +223,22 @@ async fn measure(
 
     // Raw: the scylla driver's best concurrency over the same rows.
     let store = Arc::new(CassandraStore::connect(&cfg.cassandra).await.unwrap());
+    // CPU of the driver (this process) and the emulator, to compare with the pipeline's.
+    let cql_pids: Vec<u32> = std::iter::once(std::process::id())
+        .chain(env.cql.proc.as_ref().map(|p| p.child.id()))
+        .collect();
+    let cpu_now = || cql_pids.iter().map(|pid| cpu(*pid)).sum::<f64>();
     for concurrency in [16, 64, 256, 512, 1024] {
         let rows = &sample[..50_000.min(sample.len())];
-        let started = Instant::now();
+        let (started, cpu0) = (Instant::now(), cpu_now());
         insert_all(&store, rows, concurrency).await;
         let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
-        eprintln!("raw cql at concurrency {concurrency}: {rate:.0}/s");
+        let cpu_us = 1e6 * (cpu_now() - cpu0) / rows.len() as f64;
+        eprintln!("raw cql at concurrency {concurrency}: {rate:.0}/s, {cpu_us:.1} µs CPU each");
         if rate > f.cql_raw {
             f.cql_raw = rate;
             f.cql_best_concurrency = concurrency;
+            f.cql_raw_cpu_us = cpu_us;
         }
     }
 
@@ -803,6 +812,17 @@ fn print_table(columns: &[(&str, Figures)]) {
             format!(
                 "{:.0} ms / {:.0} ms",
                 f.latency.p99_all, f.broker_latency.p99_all
+            )
+        },
+    );
+    row(
+        "CPU per order, µs: the raw CQL inserts alone (driver + emulator) / the pipeline's drain (every process)",
+        &|f| {
+            let drain: f64 = f.drain_cpu.iter().map(|(_, s)| s).sum();
+            format!(
+                "{:.1} / {:.1}",
+                f.cql_raw_cpu_us,
+                1e6 * drain / 100.0 / f.pipeline
             )
         },
     );
