@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use anyhow::{bail, Context as _};
+use rdkafka::producer::Producer as _;
 use sqlx::MySqlPool;
 
 use crate::actors::producer::OrderProducer;
@@ -160,7 +161,19 @@ async fn start_producer(
         backoff(cfg),
     )
     .await?;
-    let producer = kafka::producer_config(&cfg.kafka, &name).create()?;
+    let producer: rdkafka::producer::FutureProducer =
+        kafka::producer_config(&cfg.kafka, &name).create()?;
+    // Connect before the first order is stamped: librdkafka connects (and, being idempotent,
+    // asks for a producer id) lazily, and orders created meanwhile would carry that start-up as
+    // latency (over a second with tansu). A broker that is down is no error here: the bounded
+    // queue and the retries handle it as at any other time.
+    let warm = producer.clone();
+    let topic = cfg.kafka.topic.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        warm.client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+    })
+    .await;
     let actor = OrderProducer::new(
         producer,
         cfg.kafka.topic.clone(),
