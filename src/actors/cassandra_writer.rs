@@ -205,3 +205,28 @@ impl Handler<WriteBatch> for CassandraWriter {
         }));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::AbortOnDrop;
+
+    #[tokio::test]
+    async fn a_dropped_batch_stops_its_inserts() {
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let task = AbortOnDrop(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            flag.store(true, Ordering::SeqCst);
+        }));
+        drop(task);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!ran.load(Ordering::SeqCst), "the task outlived its batch");
+
+        let done = AbortOnDrop(tokio::spawn(async { 7 }));
+        assert_eq!(done.wait().await, Ok(7));
+    }
+}
