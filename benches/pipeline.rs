@@ -27,14 +27,15 @@
 //!   pipeline, printing each rate (to compare changes quickly; the machine is noisy, so use
 //!   N ≥ 3 and alternate the variants). Pipeline settings pass through the environment, e.g.
 //!   ORDERSTREAM__CASSANDRA__CONCURRENCY=64.
-//! - ORDERSTREAM_BENCH_PARTITIONS (6) and ORDERSTREAM_BENCH_MOCK_MAX (100,000; the mock cluster
-//!   keeps 5 MiB per partition): a longer mock drain needs more partitions.
+//! - ORDERSTREAM_BENCH_PARTITIONS: the topic's partitions (6 on tansu, 64 on the mock cluster,
+//!   which keeps 5 MiB per partition: the backlog is capped at 16,000 orders per partition).
 
 #[path = "../tests/common/mod.rs"]
 #[allow(dead_code, clippy::all)]
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,9 +51,11 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use common::{Env, Names};
 
-/// Partitions of the topic (6 unless ORDERSTREAM_BENCH_PARTITIONS says otherwise).
+/// Partitions of the topic of the broker being measured (see `main`).
+static PARTITIONS: AtomicI32 = AtomicI32::new(6);
+
 fn partitions() -> i32 {
-    env_number("ORDERSTREAM_BENCH_PARTITIONS").unwrap_or(6) as i32
+    PARTITIONS.load(Ordering::Relaxed)
 }
 
 fn env_number(name: &str) -> Option<u64> {
@@ -66,11 +69,14 @@ const BASELINE_ORDERS: u64 = 50_000;
 const LATENCY_RATE: u32 = 5_000;
 const LATENCY_ORDERS: u64 = 150_000;
 /// The largest backlog measured on the mock cluster (see `main`).
-const MOCK_MAX_ORDERS: u64 = 100_000;
+/// The mock cluster keeps at most 5 MiB per partition (rdkafka_mock.c) and drops the oldest
+/// records beyond it: 16,000 orders (about 3.7 MiB) per partition leave room.
+const MOCK_MAX_ORDERS_PER_PARTITION: u64 = 16_000;
 
 #[derive(Default)]
 struct Figures {
     orders: u64,
+    partitions: i32,
     produced_per_s: f64,
     kafka_raw: f64,
     cql_raw: f64,
@@ -111,15 +117,22 @@ fn main() {
     for broker in which.split(',').map(str::trim) {
         let figures = match broker {
             "tansu" => {
+                PARTITIONS.store(
+                    env_number("ORDERSTREAM_BENCH_PARTITIONS").unwrap_or(6) as i32,
+                    Ordering::Relaxed,
+                );
                 eprintln!("== tansu broker");
                 runtime.block_on(measure(Env::start(), None, orders))
             }
             "mock" => {
-                // The mock cluster keeps only the newest messages of a partition (a 1,000,000
-                // backlog lost its head: the bare consumer stalled at 162,392), so its backlog
-                // is capped.
-                let orders =
-                    orders.min(env_number("ORDERSTREAM_BENCH_MOCK_MAX").unwrap_or(MOCK_MAX_ORDERS));
+                // The mock cluster keeps only the newest 5 MiB of a partition (a 1,000,000
+                // backlog in 6 partitions lost its head: the bare consumer stalled at 162,392),
+                // so it gets 64 partitions, which hold the whole backlog.
+                PARTITIONS.store(
+                    env_number("ORDERSTREAM_BENCH_PARTITIONS").unwrap_or(64) as i32,
+                    Ordering::Relaxed,
+                );
+                let orders = orders.min(partitions() as u64 * MOCK_MAX_ORDERS_PER_PARTITION);
                 eprintln!("== librdkafka mock cluster ({orders} orders)");
                 let mock = MockCluster::new(1).expect("mock cluster");
                 let env = Env::with_external_kafka(&mock.bootstrap_servers());
@@ -169,12 +182,13 @@ async fn measure(
 ) -> Figures {
     let mut f = Figures {
         orders,
+        partitions: partitions(),
         ..Figures::default()
     };
     if partitions() > 16 {
         // The default prefetch (16 MiB, counted per partition) would not fit the memory budget.
         env.extra_vars
-            .push(("KAFKA__QUEUED_MAX_MESSAGES_KBYTES".into(), "2048".into()));
+            .push(("KAFKA__QUEUED_MAX_MESSAGES_KBYTES".into(), "1024".into()));
     }
     renew(&mut env, mock, false);
     let cfg = env.config(partitions());
@@ -753,7 +767,12 @@ fn print_table(columns: &[(&str, Figures)]) {
     };
     let per_s = |v: f64| format!("{:.0}/s", v);
     row("backlog published (`orderstream produce`)", &|f| {
-        format!("{} orders at {}", f.orders, per_s(f.produced_per_s))
+        format!(
+            "{} orders in {} partitions at {}",
+            f.orders,
+            f.partitions,
+            per_s(f.produced_per_s)
+        )
     });
     row("raw: bare rdkafka consumer", &|f| per_s(f.kafka_raw));
     row(

@@ -479,7 +479,8 @@ impl Config {
                 "pipeline.memory_budget_bytes",
                 format!(
                     "worst-case memory {worst} bytes (prefetch + in-flight batches x max_bytes + \
-                     producer queue + base) exceeds the budget of {} bytes",
+                     producer queue + cassandra inserts in flight + base) exceeds the budget of \
+                     {} bytes",
                     p.memory_budget_bytes
                 ),
             ));
