@@ -313,15 +313,14 @@ async fn latency_rows(
     );
 }
 
-/// Reads `count` records with a bare consumer (no group); returns the rate and the first
-/// SAMPLE orders.
-fn bare_consumer(brokers: &str, topic: &str, count: u64) -> (f64, Vec<Order>) {
+/// A consumer outside any group, assigned every partition of `topic` from its start, with the
+/// pipeline's fetch wait (src/kafka.rs): tansu holds every fetch for the whole wait, data or
+/// not, so librdkafka's default (500 ms) would understate the broker.
+fn bare_consumer_from_start(brokers: &str, topic: &str, group: &str) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", "bench-bare")
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
-        // The pipeline's setting (src/kafka.rs): tansu holds every fetch for the whole wait,
-        // data or not, so librdkafka's default (500 ms) would understate the broker.
         .set("fetch.wait.max.ms", "50")
         .create()
         .unwrap();
@@ -331,6 +330,13 @@ fn bare_consumer(brokers: &str, topic: &str, count: u64) -> (f64, Vec<Order>) {
             .unwrap();
     }
     consumer.assign(&tpl).unwrap();
+    consumer
+}
+
+/// Reads `count` records with a bare consumer (no group); returns the rate and the first
+/// SAMPLE orders.
+fn bare_consumer(brokers: &str, topic: &str, count: u64) -> (f64, Vec<Order>) {
+    let consumer = bare_consumer_from_start(brokers, topic, "bench-bare");
     let mut sample = Vec::with_capacity(SAMPLE);
     let mut seen = 0u64;
     let started = Instant::now();
@@ -642,19 +648,7 @@ async fn broker_latency(env: &Env) -> Latency {
     let (brokers, topic) = (env.broker.addr(), env.names.topic.clone());
     // (created at, delay) of every order, in ms.
     let mut delays: Vec<(i64, f64)> = tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", "bench-broker-latency")
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "50")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions() {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
+        let consumer = bare_consumer_from_start(&brokers, &topic, "bench-broker-latency");
         let mut delays = Vec::with_capacity(COUNT as usize);
         while (delays.len() as u64) < COUNT {
             match consumer.poll(Duration::from_secs(30)) {
