@@ -214,6 +214,16 @@ impl Cql {
         c
     }
 
+    /// Stops the emulator without saving (SIGKILL) and starts it empty: a benchmark's next
+    /// measurement must not run on a heap that earlier ones filled.
+    pub fn restart_empty(&mut self) {
+        if let Some(mut old) = self.proc.take() {
+            old.kill();
+        }
+        let _ = std::fs::remove_file(&self.state);
+        self.restart();
+    }
+
     pub fn restart(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
