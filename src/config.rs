@@ -216,7 +216,10 @@ impl Default for MysqlConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Cut a batch at this many records.
+    /// Cut a batch at this many records. Each batch costs one MySQL transaction and one Kafka
+    /// offset commit: 5,000 instead of 2,000 took MariaDB from 12% to 6% of a core and the
+    /// drain from about 28.6 to 25.7 µs of CPU per order (benchmark, mock cluster). At low
+    /// rates `max_wait_ms` cuts the batches first, so the latency does not change.
     pub max_orders: usize,
     /// Cut a batch at this many payload bytes.
     pub max_bytes: usize,
@@ -235,7 +238,7 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
-            max_orders: 2_000,
+            max_orders: 5_000,
             max_bytes: 1024 * 1024,
             max_wait_ms: 200,
             max_in_flight_batches: 16,
