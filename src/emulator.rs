@@ -258,6 +258,9 @@ mod tests {
         .await
         .expect("every answer within 10 s");
         assert_eq!(answers.len(), 200);
+        for answer in answers {
+            answer.expect("each query answered without error");
+        }
     }
 
     #[test]
