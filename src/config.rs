@@ -117,6 +117,18 @@ pub struct KafkaConfig {
     pub debug: String,
 }
 
+impl KafkaConfig {
+    /// How long the pipeline's consumer may stay without partitions after it subscribed or was
+    /// revoked before it is restarted as a new member: a rebalance may legitimately wait
+    /// `max_poll_interval_ms` for members to rejoin, and a lost member is expired after
+    /// `session_timeout_ms`; twice that on top leaves the group time to re-form.
+    pub fn rejoin_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            u64::from(self.max_poll_interval_ms) + 2 * u64::from(self.session_timeout_ms),
+        )
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self {
@@ -667,6 +679,15 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn the_rejoin_timeout_outlasts_a_rebalance_and_two_sessions() {
+        let k = KafkaConfig::default();
+        assert_eq!(
+            k.rejoin_timeout(),
+            std::time::Duration::from_secs(30 + 2 * 10)
+        );
     }
 
     #[test]

@@ -177,6 +177,7 @@ impl Pipeline {
             owner: client_id,
             max_record_bytes: cfg.pipeline.max_record_bytes,
             request_timeout: Duration::from_millis(u64::from(cfg.kafka.request_timeout_ms)),
+            rejoin_timeout: cfg.kafka.rejoin_timeout(),
         };
         let consumer = KafkaConsumer::new(
             settings,

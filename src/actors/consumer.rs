@@ -93,6 +93,9 @@ pub struct ConsumerSettings {
     pub owner: String,
     pub max_record_bytes: usize,
     pub request_timeout: Duration,
+    /// How long the member may stay without an assignment (since it subscribed, or since a
+    /// revoke) before the consumer gives up on its group membership (see `check_membership`).
+    pub rejoin_timeout: Duration,
 }
 
 pub struct KafkaConsumer {
@@ -107,6 +110,9 @@ pub struct KafkaConsumer {
     changes: Option<mpsc::Receiver<AssignmentChange>>,
     stop: Arc<AtomicBool>,
     backoff: ExponentialBackoff,
+    /// Since when the member holds no assignment: set at subscribe and at every revoke,
+    /// cleared by every assignment (an empty one too: the group formed without us).
+    unassigned_since: Option<std::time::Instant>,
 }
 
 impl KafkaConsumer {
@@ -135,6 +141,29 @@ impl KafkaConsumer {
             changes: Some(changes),
             stop,
             backoff,
+            unassigned_since: None,
+        }
+    }
+
+    /// A member that was revoked and never assigned again is out of the group for good: the
+    /// consumer fails, and the supervisor restarts the data path with a new client (a new
+    /// member). librdkafka rejoins by itself after a session timeout, but a coordinator can
+    /// keep the lost member as the group's leader and never finish the rebalance: tansu 0.6
+    /// does, after its heartbeat answers came more than `session.timeout.ms` late (seen in CI
+    /// under load, reproduced by `chaos::broker_frozen_past_the_session_timeout_repeatedly`:
+    /// every rejoin ended in "Unknown member" for minutes, while a new process joined at once).
+    fn check_membership(&mut self, ctx: &mut Context<Self>) {
+        let Some(since) = self.unassigned_since else {
+            return;
+        };
+        let waited = since.elapsed();
+        if waited > self.settings.rejoin_timeout {
+            let error = format!(
+                "no partitions assigned for {} s: the consumer group did not re-form",
+                waited.as_secs()
+            );
+            tracing::warn!(%error, "restarting the consumer as a new group member");
+            self.fail(ctx, error, false);
         }
     }
 
@@ -479,6 +508,8 @@ impl Actor for KafkaConsumer {
         if let Err(e) = self.client.subscribe(&[&self.settings.topic]) {
             return self.fail(ctx, format!("subscribe: {e}"), false);
         }
+        self.unassigned_since = Some(std::time::Instant::now());
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| act.check_membership(ctx));
         if let Some(changes) = self.changes.take() {
             ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(changes));
         }
@@ -514,11 +545,14 @@ impl StreamHandler<AssignmentChange> for KafkaConsumer {
     fn handle(&mut self, change: AssignmentChange, ctx: &mut Self::Context) {
         match change {
             AssignmentChange::Assigned(partitions) => {
+                self.unassigned_since = None;
                 for p in partitions {
                     self.claim(p, ctx);
                 }
             }
             AssignmentChange::Revoked(partitions) => {
+                self.unassigned_since
+                    .get_or_insert_with(std::time::Instant::now);
                 let mut gate = lock(&self.gate);
                 for p in partitions {
                     gate.partitions.remove(&p);
