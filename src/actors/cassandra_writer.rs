@@ -101,6 +101,11 @@ async fn insert_with_retry(
 
 /// Inserts a batch's orders, at most `concurrency` at once and within the shared permits;
 /// returns each order's outcome by its index in the batch.
+///
+/// An insert's future exists only once it holds a permit. With up to 16 batches in flight,
+/// each with `concurrency` inserts created up front and waiting on the semaphore, 8,192
+/// futures of about 4 KiB each (the driver's request future) sat in memory: tens of MiB
+/// touched for every few hundred inserts actually running.
 async fn insert_all(
     store: Arc<CassandraStore>,
     permits: Arc<Semaphore>,
@@ -109,14 +114,18 @@ async fn insert_all(
     orders: Vec<(usize, crate::order::Order)>,
 ) -> Vec<(usize, Result<(), CassandraError>)> {
     futures::stream::iter(orders)
-        .map(move |(i, order)| {
-            let store = store.clone();
+        .then(move |(i, order)| {
             let permits = permits.clone();
+            // The semaphore is never closed, so acquire cannot fail.
+            async move { (i, order, permits.acquire_owned().await) }
+        })
+        .map(move |(i, order, permit)| {
+            let store = store.clone();
             let backoff = backoff.clone();
             async move {
-                // The semaphore is never closed, so acquire cannot fail.
-                let _permit = permits.acquire().await;
-                (i, insert_with_retry(&store, &order, backoff).await)
+                let outcome = insert_with_retry(&store, &order, backoff).await;
+                drop(permit);
+                (i, outcome)
             }
         })
         .buffer_unordered(concurrency)
