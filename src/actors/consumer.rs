@@ -113,6 +113,8 @@ pub struct KafkaConsumer {
     /// Since when the member holds no assignment: set at subscribe and at every revoke,
     /// cleared by every assignment (an empty one too: the group formed without us).
     unassigned_since: Option<std::time::Instant>,
+    /// A reachability probe of `check_membership` is running.
+    probing: bool,
 }
 
 impl KafkaConsumer {
@@ -142,29 +144,54 @@ impl KafkaConsumer {
             stop,
             backoff,
             unassigned_since: None,
+            probing: false,
         }
     }
 
-    /// A member that was revoked and never assigned again is out of the group for good: the
-    /// consumer fails, and the supervisor restarts the data path with a new client (a new
-    /// member). librdkafka rejoins by itself after a session timeout, but a coordinator can
-    /// keep the lost member as the group's leader and never finish the rebalance: tansu 0.6
-    /// does, after its heartbeat answers came more than `session.timeout.ms` late (seen in CI
-    /// under load, reproduced by `chaos::broker_frozen_past_the_session_timeout_repeatedly`:
-    /// every rejoin ended in "Unknown member" for minutes, while a new process joined at once).
+    /// A member that was revoked and never assigned again while the broker answers is out of
+    /// the group for good: the consumer fails, and the supervisor restarts the data path with a
+    /// new client (a new member). librdkafka rejoins by itself after a session timeout, but a
+    /// coordinator can keep the lost member as the group's leader and never finish the
+    /// rebalance: tansu 0.6 does, after its heartbeat answers came more than
+    /// `session.timeout.ms` late (seen in CI under load; reproduced by
+    /// `chaos::tansu_frozen_past_the_session_timeout_again_and_again`: every rejoin ended in
+    /// "Unknown member" for minutes, while a new process joined at once). While the broker
+    /// does not answer at all, restarting cannot help (it would only spend the restart budget
+    /// during a Kafka outage), so the consumer waits another period instead.
     fn check_membership(&mut self, ctx: &mut Context<Self>) {
         let Some(since) = self.unassigned_since else {
             return;
         };
-        let waited = since.elapsed();
-        if waited > self.settings.rejoin_timeout {
-            let error = format!(
-                "no partitions assigned for {} s: the consumer group did not re-form",
-                waited.as_secs()
-            );
-            tracing::warn!(%error, "restarting the consumer as a new group member");
-            self.fail(ctx, error, false);
+        if self.probing || since.elapsed() <= self.settings.rejoin_timeout {
+            return;
         }
+        self.probing = true;
+        let (client, topic, timeout) = (
+            self.client.clone(),
+            self.settings.topic.clone(),
+            self.settings.request_timeout,
+        );
+        let probe = tokio::task::spawn_blocking(move || {
+            client.fetch_metadata(Some(&topic), timeout).is_ok()
+        });
+        ctx.spawn(probe.into_actor(self).map(|reachable, act, ctx| {
+            act.probing = false;
+            let Some(since) = act.unassigned_since else {
+                return; // assigned meanwhile
+            };
+            if reachable.unwrap_or(false) {
+                let error = format!(
+                    "no partitions assigned for {} s while the broker answers: the consumer \
+                     group did not re-form",
+                    since.elapsed().as_secs()
+                );
+                tracing::warn!(%error, "restarting the consumer as a new group member");
+                act.fail(ctx, error, false);
+            } else {
+                tracing::info!("no partitions assigned and the broker does not answer: waiting");
+                act.unassigned_since = Some(std::time::Instant::now());
+            }
+        }));
     }
 
     fn fail(&self, ctx: &mut Context<Self>, error: String, fatal: bool) {
