@@ -153,9 +153,11 @@ impl KafkaConsumer {
     /// new client (a new member). librdkafka rejoins by itself after a session timeout, but a
     /// coordinator can keep the lost member as the group's leader and never finish the
     /// rebalance: tansu 0.6 does, after its heartbeat answers came more than
-    /// `session.timeout.ms` late (seen in CI under load; reproduced by
-    /// `chaos::tansu_frozen_past_the_session_timeout_again_and_again`: every rejoin ended in
-    /// "Unknown member" for minutes, while a new process joined at once). While the broker
+    /// `session.timeout.ms` late (seen in CI under load; reproduced by freezing tansu for
+    /// 6.5–12 s under a steady producer: every rejoin ended in "Unknown member" for minutes,
+    /// while a new process joined at once). Against tansu this restart does not always
+    /// suffice (in one CI run each new member got one partition and lost it 1.5 s later, every
+    /// 24 s for minutes); against a broker that expires lost members it does. While the broker
     /// does not answer at all, restarting cannot help (it would only spend the restart budget
     /// during a Kafka outage), so the consumer waits another period instead.
     fn check_membership(&mut self, ctx: &mut Context<Self>) {
