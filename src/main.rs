@@ -154,7 +154,9 @@ fn main() -> anyhow::Result<()> {
         }
     };
 
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.pipeline.runtime_workers(cores))
         .enable_all()
         .build()?;
     let system = actix::System::with_tokio_rt(move || runtime);
