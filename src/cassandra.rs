@@ -132,8 +132,9 @@ impl CassandraStore {
             order.customer_id,
             order.payment_method.as_str(),
         );
-        self.session
-            .execute_unpaged(&self.insert, values)
+        // Boxed: the driver's request future is about 4 KiB, and unboxed every layer above it
+        // (the retry, the stream of inserts, the task) carried it and moved it as it was built.
+        Box::pin(self.session.execute_unpaged(&self.insert, values))
             .await
             .map(|_| ())
             .map_err(classify)
