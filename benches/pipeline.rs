@@ -89,6 +89,8 @@ struct Figures {
     kafka_raw: f64,
     /// Each round's bare consumer; `kafka_raw` is their median.
     kafka_rounds: Vec<f64>,
+    /// CPU per record of the bare consumer and the broker (µs), each round that only read.
+    kafka_cpu_rounds: Vec<f64>,
     /// The best burst of CQL_PROBE inserts.
     cql_burst: f64,
     /// The whole backlog at the burst's best concurrency, each round; `cql_raw` is the median.
@@ -98,6 +100,8 @@ struct Figures {
     /// CPU per insert (driver + emulator) at the best concurrency, in µs.
     cql_raw_cpu_us: f64,
     mysql_txn_per_s: f64,
+    /// CPU per order of the ledger transactions (this process and MariaDB), in µs.
+    mysql_cpu_us: f64,
     batch_size: usize,
     baseline: f64,
     /// The baseline's loop with the pipeline's insert concurrency, over the whole backlog.
@@ -117,6 +121,16 @@ struct Figures {
 }
 
 impl Figures {
+    /// CPU per order of the job's parts, each measured alone at its own limit (the bare
+    /// consumer and the broker, the driver and the emulator, the ledger and MariaDB), in µs:
+    /// what the machine must spend on an order whatever program does the job.
+    fn cpu_floor_us(&self) -> f64 {
+        median(&self.kafka_cpu_rounds) + self.cql_raw_cpu_us + self.mysql_cpu_us
+    }
+    /// The rate the machine's cores allow at that floor, every core busy.
+    fn cpu_ceiling(&self) -> f64 {
+        cores() as f64 * 1e6 / self.cpu_floor_us()
+    }
     fn mysql_raw(&self) -> f64 {
         self.mysql_txn_per_s * self.batch_size as f64
     }
@@ -248,7 +262,7 @@ async fn measure(
     }
 
     // Raw: a bare consumer reads the whole backlog and keeps every order.
-    let (rate, rows) = read_backlog(&env, orders, true).await;
+    let (rate, rows, _) = read_backlog(&env, orders, true).await;
     let mut kafka_rounds = vec![rate];
 
     // Raw: the scylla driver over the same rows. A burst of CQL_PROBE rows at each concurrency
@@ -274,7 +288,9 @@ async fn measure(
     let (mut cql_rounds, mut drain_rounds) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         if round > 0 {
-            kafka_rounds.push(read_backlog(&env, orders, false).await.0);
+            let (rate, _, cpu_us) = read_backlog(&env, orders, false).await;
+            kafka_rounds.push(rate);
+            f.kafka_cpu_rounds.push(cpu_us);
         }
         renew(&mut env, mock, true);
         cql_rounds.push(cql_whole_backlog(&env, &rows, f.cql_best_concurrency).await);
@@ -307,7 +323,12 @@ async fn measure(
 
     // Raw: MySQL ledger transactions, sequential as the aggregator runs them.
     let pool = env.mysql(partitions()).await;
+    let mysql_pids: Vec<u32> = std::iter::once(std::process::id())
+        .chain(env.mariadb.proc.as_ref().map(|p| p.child.id()))
+        .collect();
+    let cpu0 = cpu_of(&mysql_pids);
     f.mysql_txn_per_s = raw_mysql(&pool, sample, f.batch_size).await;
+    f.mysql_cpu_us = 1e6 * (cpu_of(&mysql_pids) - cpu0) / sample.len() as f64;
     eprintln!(
         "raw mysql: {:.1} txn/s × {} = {:.0}/s",
         f.mysql_txn_per_s,
@@ -410,12 +431,19 @@ fn bare_consumer(brokers: &str, topic: &str, count: u64, keep: bool) -> (f64, Ve
     (count as f64 / started.elapsed().as_secs_f64(), rows)
 }
 
-/// The bare consumer on a blocking thread: (rate, every order when `keep`).
-async fn read_backlog(env: &Env, orders: u64, keep: bool) -> (f64, Vec<Order>) {
+/// The bare consumer on a blocking thread: (rate, every order when `keep`, CPU µs per record
+/// of this process and the broker's).
+async fn read_backlog(env: &Env, orders: u64, keep: bool) -> (f64, Vec<Order>, f64) {
     let (brokers, topic) = (env.broker.addr(), env.names.topic.clone());
-    tokio::task::spawn_blocking(move || bare_consumer(&brokers, &topic, orders, keep))
-        .await
-        .unwrap()
+    let pids: Vec<u32> = std::iter::once(std::process::id())
+        .chain(env.broker.proc.as_ref().map(|p| p.child.id()))
+        .collect();
+    let cpu0 = cpu_of(&pids);
+    let (rate, rows) =
+        tokio::task::spawn_blocking(move || bare_consumer(&brokers, &topic, orders, keep))
+            .await
+            .unwrap();
+    (rate, rows, 1e6 * (cpu_of(&pids) - cpu0) / orders as f64)
 }
 
 /// The scylla driver inserts every row at `concurrency`, timed from 5% to 100% as the
@@ -448,7 +476,11 @@ fn median_index(values: &[f64]) -> usize {
     order[values.len() / 2]
 }
 
+/// The median; NaN when nothing was measured (a partial run, see the knobs above).
 fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
     values[median_index(values)]
 }
 
@@ -614,6 +646,16 @@ async fn baseline(cfg: &Config, count: u64, insert_concurrency: usize) -> f64 {
 /// CPU seconds a process has used so far; 0 once it is gone.
 fn cpu(pid: u32) -> f64 {
     orderstream::telemetry::cpu_seconds(&pid.to_string()).unwrap_or(0.0)
+}
+
+/// CPU seconds these processes have used so far.
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter().map(|pid| cpu(*pid)).sum()
+}
+
+/// The machine's cores.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Every process that works during a drain: the pipeline, the servers, and this process (which
@@ -840,7 +882,7 @@ fn print_table(columns: &[(&str, Figures)]) {
             })
         })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = cores();
     println!();
     println!(
         "orderstream end-to-end benchmark: {cpu}, {cores} cores; every server on this machine. \
@@ -920,6 +962,30 @@ fn print_table(columns: &[(&str, Figures)]) {
     row("pipeline ÷ smallest raw limit (target ≥ 80%)", &|f| {
         format!("{:.0}%", 100.0 * f.pipeline / f.smallest_raw())
     });
+    row(
+        &format!(
+            "CPU floor per order: bare consumer + broker, driver + emulator, ledger + MariaDB, each alone → what {cores} cores allow"
+        ),
+        &|f| {
+            format!(
+                "{:.1} + {:.1} + {:.1} = {:.1} µs → {}",
+                median(&f.kafka_cpu_rounds),
+                f.cql_raw_cpu_us,
+                f.mysql_cpu_us,
+                f.cpu_floor_us(),
+                per_s(f.cpu_ceiling())
+            )
+        },
+    );
+    row(
+        "pipeline ÷ the smaller of that and the smallest raw limit",
+        &|f| {
+            format!(
+                "{:.0}%",
+                100.0 * f.pipeline / f.cpu_ceiling().min(f.smallest_raw())
+            )
+        },
+    );
     row(
         &format!(
             "end-to-end latency p50 / p99 at {LATENCY_RATE}/s, steady state (target p99 < 1 s)"
