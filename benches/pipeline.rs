@@ -21,6 +21,12 @@
 //!   to CQL starts on an empty emulator (it keeps all rows in memory and slows as it fills);
 //! - end-to-end latency p50/p99 at a steady 5,000 orders/s (order created → MySQL commit),
 //!   interpolated from the pipeline's own histogram as Prometheus' histogram_quantile does.
+//! - the CPU floor: each part of the job measured alone (the bare consumer with the broker, the
+//!   driver with the emulator, the ledger with MariaDB) costs some CPU per order over every
+//!   process involved; their sum is what the machine spends on an order whatever program does
+//!   the job, and the cores ÷ that sum is the most the machine allows with every core busy. On
+//!   two cores shared by the servers this can be below the smallest raw limit (each raw limit
+//!   is measured with the machine to itself), and the table gives the pipeline's ratio to both.
 //!
 //! The CQL server is the kassandra emulator in every row (no Cassandra or ScyllaDB runs on these
 //! machines): its figures are the emulator's, not a real cluster's. MySQL is a private MariaDB.
