@@ -84,6 +84,8 @@ pub struct Pipeline {
     restarts: VecDeque<Instant>,
     generation: u64,
     draining: bool,
+    /// Fires once the current data path's consumer has left the group.
+    leaving: Option<tokio::sync::oneshot::Receiver<()>>,
     /// Where the process learns that it must exit, and with which code. (`System::stop` would
     /// not do: `main` runs the system with `block_on`, which ignores it, and the process lived
     /// on without a data path; the chaos suite's budget test found that.)
@@ -108,6 +110,7 @@ impl Pipeline {
             restarts: VecDeque::new(),
             generation: 0,
             draining: false,
+            leaving: None,
         }
     }
 
@@ -179,6 +182,8 @@ impl Pipeline {
             request_timeout: Duration::from_millis(u64::from(cfg.kafka.request_timeout_ms)),
             rejoin_timeout: cfg.kafka.rejoin_timeout(),
         };
+        let (left, leaving) = tokio::sync::oneshot::channel();
+        self.leaving = Some(leaving);
         let consumer = KafkaConsumer::new(
             settings,
             client,
@@ -190,6 +195,7 @@ impl Pipeline {
             supervisor,
             stop.clone(),
             backoff,
+            left,
         )
         .start();
         aggregator.do_send(NotifyConsumer(consumer.clone().recipient()));
@@ -246,11 +252,31 @@ impl Pipeline {
             * 2u32.saturating_pow(self.restarts.len().saturating_sub(1) as u32);
         let delay = delay.min(Duration::from_millis(self.cfg.supervision.backoff_max_ms));
         tracing::warn!(actor, %error, ?delay, "restarting the data path");
-        ctx.run_later(delay, |act, ctx| {
+        ctx.run_later(delay, |act, ctx| act.start_after_leave(ctx));
+    }
+
+    /// Starts a new data path once the previous consumer has left the group, or after a session
+    /// timeout (by then the broker has expired that member anyway). A new member that joins
+    /// beside the old one costs an extra rebalance against Kafka, and against tansu 0.6 a group
+    /// that did not re-form.
+    fn start_after_leave(&mut self, ctx: &mut Context<Self>) {
+        let leaving = self.leaving.take();
+        let wait = Duration::from_millis(u64::from(self.cfg.kafka.session_timeout_ms));
+        let left = async move {
+            if let Some(leaving) = leaving {
+                if tokio::time::timeout(wait, leaving).await.is_err() {
+                    tracing::warn!("the previous consumer has not left the group; starting anyway");
+                }
+            }
+        };
+        ctx.spawn(left.into_actor(self).map(|(), act, ctx| {
+            if act.draining {
+                return;
+            }
             if let Err(error) = act.start_path(ctx) {
                 act.restart("consumer", error, ctx);
             }
-        });
+        }));
     }
 }
 

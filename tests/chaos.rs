@@ -380,10 +380,19 @@ async fn two_instances_one_killed_then_one_frozen_while_its_partitions_move() {
 
 /// Backpressure: the CQL server frozen for 60 s under a producer at 5,000 orders/s. Partitions
 /// pause while polling goes on, the pipeline's memory stays bounded, and the lag drains after.
+///
+/// With a 30 s session timeout, not the suite's 6 s: draining the 300,000 orders after the
+/// thaw loads tansu enough that it answered heartbeats more than 6 s late (twice, in CI and
+/// here), and tansu 0.6 then never re-forms the group (README, *Tests*). That is the broker's
+/// liveness, not this test's subject; the broker-freeze scenario covers the member's side.
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_stays_bounded_while_cql_is_frozen_under_5000_per_s() {
     let _heavy = common::heavy();
     let mut chaos = Chaos::start(3, 3_000).await;
+    chaos.env.extra_vars.extend([
+        ("KAFKA__SESSION_TIMEOUT_MS".into(), "30000".into()),
+        ("KAFKA__MAX_POLL_INTERVAL_MS".into(), "30000".into()),
+    ]);
     let run = chaos.run();
     chaos.wait_applied(1_000).await;
     let mut producer = chaos.env.spawn(

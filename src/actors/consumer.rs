@@ -115,6 +115,9 @@ pub struct KafkaConsumer {
     unassigned_since: Option<std::time::Instant>,
     /// A reachability probe of `check_membership` is running.
     probing: bool,
+    /// Fired once this member's client is closed, that is once it has left the group: the
+    /// supervisor starts the next member after it (see `stopped`).
+    left: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl KafkaConsumer {
@@ -130,6 +133,7 @@ impl KafkaConsumer {
         supervisor: Recipient<ActorFailed>,
         stop: Arc<AtomicBool>,
         backoff: ExponentialBackoff,
+        left: tokio::sync::oneshot::Sender<()>,
     ) -> Self {
         Self {
             settings,
@@ -145,6 +149,7 @@ impl KafkaConsumer {
             backoff,
             unassigned_since: None,
             probing: false,
+            left: Some(left),
         }
     }
 
@@ -154,8 +159,9 @@ impl KafkaConsumer {
     /// coordinator can keep the lost member as the group's leader and never finish the
     /// rebalance: tansu 0.6 does, after its heartbeat answers came more than
     /// `session.timeout.ms` late (seen in CI under load; reproduced by freezing tansu for
-    /// 6.5–12 s under a steady producer: every rejoin ended in "Unknown member" for minutes,
-    /// while a new process joined at once). Against tansu this restart does not always
+    /// 6.5–12 s under a steady producer: every rejoin ended in "Unknown member" for minutes).
+    /// The leader it keeps is the member id librdkafka dropped at the session timeout, and
+    /// tansu's forming group clears a leader only while it is still a member. Against tansu this restart does not always
     /// suffice (in one CI run each new member got one partition and lost it 1.5 s later, every
     /// 24 s for minutes); against a broker that expires lost members it does. While the broker
     /// does not answer at all, restarting cannot help (it would only spend the restart budget
@@ -502,6 +508,32 @@ async fn poll_loop(
     Ok(())
 }
 
+/// Longest wait for the other holders of a stopping consumer's client (the actor, its poll loop,
+/// a metadata request in flight) to let go of it.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+
+/// Closes the client on this (blocking) thread: the last holder's drop closes it, and closing
+/// blocks until the member has left the group. The actor and its futures still hold clones
+/// while it stops; had one of them been the last, the close would have blocked the actors'
+/// thread, and the next member could have joined while this one was still in the group (tansu
+/// 0.6 keeps such members around and never finishes the rebalance).
+fn close(mut client: Arc<Client>) {
+    let deadline = std::time::Instant::now() + CLOSE_WAIT;
+    loop {
+        match Arc::try_unwrap(client) {
+            Ok(last) => return drop(last),
+            Err(shared) if std::time::Instant::now() < deadline => {
+                client = shared;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => {
+                tracing::warn!("the stopped consumer's client is still in use; not waiting for it");
+                return;
+            }
+        }
+    }
+}
+
 /// Decodes and validates a polled message into a record, or None when the gate discards it
 /// (its partition is being claimed, or it is below the claimed position).
 fn admit(
@@ -562,10 +594,13 @@ impl Actor for KafkaConsumer {
         self.stop.store(true, Ordering::Release);
         telemetry::actor_up("consumer", false);
         // Leaving the group blocks; do it off the actor thread.
-        let client = self.client.clone();
+        let (client, left) = (self.client.clone(), self.left.take());
         tokio::task::spawn_blocking(move || {
             client.unsubscribe();
-            drop(client);
+            close(client);
+            if let Some(left) = left {
+                let _ = left.send(());
+            }
         });
     }
 }

@@ -556,7 +556,8 @@ pub enum Backend {
 pub use orderstream::topic_reader::TopicRecord;
 
 /// When a test fails, the tails of every log in its root (servers and orderstream processes)
-/// are printed with its output, so that a CI failure can be read without a rerun.
+/// are printed with its output, so that a CI failure can be read without a rerun; with
+/// ORDERSTREAM_TEST_KEEP_LOGS set to a directory, the whole logs are copied there too.
 impl Drop for Env {
     fn drop(&mut self) {
         if !std::thread::panicking() {
@@ -576,6 +577,14 @@ impl Drop for Env {
         }
         logs.sort();
         for log in logs {
+            // ORDERSTREAM_TEST_KEEP_LOGS=dir keeps the whole logs (the root is deleted).
+            if let Some(keep) = std::env::var_os("ORDERSTREAM_TEST_KEEP_LOGS") {
+                let keep = PathBuf::from(keep);
+                let _ = std::fs::create_dir_all(&keep);
+                if let Some(name) = log.file_name() {
+                    let _ = std::fs::copy(&log, keep.join(name));
+                }
+            }
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(120)..];
