@@ -357,10 +357,9 @@ async fn measure(
         .chain(env.cql.proc.as_ref().map(|p| p.child.id()))
         .chain(env.mariadb.proc.as_ref().map(|p| p.child.id()))
         .collect();
-    let cpu_now = || pids.iter().map(|pid| cpu(*pid)).sum::<f64>();
-    let cpu0 = cpu_now();
+    let cpu0 = cpu_of(&pids);
     f.loop_concurrent = baseline(&cfg, orders, cfg.cassandra.concurrency).await;
-    f.loop_cpu_us = 1e6 * (cpu_now() - cpu0) / orders as f64;
+    f.loop_cpu_us = 1e6 * (cpu_of(&pids) - cpu0) / orders as f64;
     eprintln!(
         "loop with concurrent inserts: {:.0}/s, {:.1} µs CPU per order",
         f.loop_concurrent, f.loop_cpu_us
@@ -466,13 +465,12 @@ async fn cql_whole_backlog(env: &Env, rows: &[Order], concurrency: usize) -> (f6
     let pids: Vec<u32> = std::iter::once(std::process::id())
         .chain(env.cql.proc.as_ref().map(|p| p.child.id()))
         .collect();
-    let cpu_now = || pids.iter().map(|pid| cpu(*pid)).sum::<f64>();
     let (warm, timed) = rows.split_at(rows.len() / 20);
     insert_all(&store, warm, concurrency).await;
-    let (started, cpu0) = (Instant::now(), cpu_now());
+    let (started, cpu0) = (Instant::now(), cpu_of(&pids));
     insert_all(&store, timed, concurrency).await;
     let rate = timed.len() as f64 / started.elapsed().as_secs_f64();
-    (rate, 1e6 * (cpu_now() - cpu0) / timed.len() as f64)
+    (rate, 1e6 * (cpu_of(&pids) - cpu0) / timed.len() as f64)
 }
 
 /// The index of the median of `values` (the upper one of an even count).

@@ -161,11 +161,11 @@ impl KafkaConsumer {
     /// `session.timeout.ms` late (seen in CI under load; reproduced by freezing tansu for
     /// 6.5–12 s under a steady producer: every rejoin ended in "Unknown member" for minutes).
     /// The leader it keeps is the member id librdkafka dropped at the session timeout, and
-    /// tansu's forming group clears a leader only while it is still a member. Against tansu this restart does not always
-    /// suffice (in one CI run each new member got one partition and lost it 1.5 s later, every
-    /// 24 s for minutes); against a broker that expires lost members it does. While the broker
-    /// does not answer at all, restarting cannot help (it would only spend the restart budget
-    /// during a Kafka outage), so the consumer waits another period instead.
+    /// tansu's forming group clears a leader only while it is still a member, so against tansu
+    /// this restart does not always suffice either (README, *Tests*); against a broker that
+    /// expires lost members it does. While the broker does not answer at all, restarting
+    /// cannot help (it would only spend the restart budget during a Kafka outage), so the
+    /// consumer waits another period instead.
     fn check_membership(&mut self, ctx: &mut Context<Self>) {
         let Some(since) = self.unassigned_since else {
             return;
@@ -515,8 +515,8 @@ const CLOSE_WAIT: Duration = Duration::from_secs(30);
 /// Closes the client on this (blocking) thread: the last holder's drop closes it, and closing
 /// blocks until the member has left the group. The actor and its futures still hold clones
 /// while it stops; had one of them been the last, the close would have blocked the actors'
-/// thread, and the next member could have joined while this one was still in the group (tansu
-/// 0.6 keeps such members around and never finishes the rebalance).
+/// thread, and the next member would have joined while this one was still in the group (one
+/// more rebalance).
 fn close(mut client: Arc<Client>) {
     let deadline = std::time::Instant::now() + CLOSE_WAIT;
     loop {
