@@ -118,14 +118,12 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// How long the pipeline's consumer may stay without partitions after it subscribed or was
-    /// revoked before it is restarted as a new member: a rebalance may legitimately wait
-    /// `max_poll_interval_ms` for members to rejoin, and a lost member is expired after
-    /// `session_timeout_ms`; twice that on top leaves the group time to re-form.
-    pub fn rejoin_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(
-            u64::from(self.max_poll_interval_ms) + 2 * u64::from(self.session_timeout_ms),
-        )
+    /// The longest a partition may legitimately wait for a consumer: a lost member is expired
+    /// after `session_timeout_ms`, and the rebalance that follows may wait
+    /// `max_poll_interval_ms` for the members to rejoin; twice the session on top leaves the
+    /// group time to re-form. `pipeline.stuck_after_ms` may not be shorter.
+    pub fn longest_rebalance_ms(&self) -> u64 {
+        u64::from(self.max_poll_interval_ms) + 2 * u64::from(self.session_timeout_ms)
     }
 }
 
@@ -245,6 +243,12 @@ pub struct PipelineConfig {
     pub memory_budget_bytes: u64,
     /// Time allowed to drain on SIGTERM before in-flight work is abandoned.
     pub drain_timeout_ms: u64,
+    /// The progress watchdog: a partition is stuck when records wait below its log end and its
+    /// ledger has not moved for this long. A stuck partition of this instance makes it not
+    /// ready; stuck partitions that it does not hold make it leave the consumer group and join
+    /// again. At least `kafka.max_poll_interval_ms + 2 x kafka.session_timeout_ms`, so that a
+    /// rebalance after a member died is never taken for a stuck partition.
+    pub stuck_after_ms: u64,
     /// Worker threads of the async runtime (the inserts, the clients' connections); the
     /// actors run on one more thread of their own. 0: one per core but the actors' (at least
     /// one). See [`PipelineConfig::runtime_workers`].
@@ -275,6 +279,7 @@ impl Default for PipelineConfig {
             max_record_bytes: 64 * 1024,
             memory_budget_bytes: 256 * 1024 * 1024,
             drain_timeout_ms: 10_000,
+            stuck_after_ms: 60_000,
             worker_threads: 0,
         }
     }
@@ -508,6 +513,23 @@ impl Config {
             3_600_000,
         )?;
         range("pipeline.worker_threads", p.worker_threads as i64, 0, 256)?;
+        range(
+            "pipeline.stuck_after_ms",
+            p.stuck_after_ms as i64,
+            k.longest_rebalance_ms() as i64,
+            86_400_000,
+        )
+        .map_err(|_| {
+            invalid(
+                "pipeline.stuck_after_ms",
+                format!(
+                    "{} is shorter than a rebalance may take ({} ms: \
+                     kafka.max_poll_interval_ms + 2 x kafka.session_timeout_ms) or longer than a day",
+                    p.stuck_after_ms,
+                    k.longest_rebalance_ms()
+                ),
+            )
+        })?;
         let worst = self.worst_case_memory_bytes();
         if worst > p.memory_budget_bytes {
             return Err(invalid(
@@ -702,12 +724,33 @@ mod tests {
     }
 
     #[test]
-    fn the_rejoin_timeout_outlasts_a_rebalance_and_two_sessions() {
-        let k = KafkaConfig::default();
+    fn a_stuck_partition_is_never_a_rebalance_in_progress() {
         assert_eq!(
-            k.rejoin_timeout(),
-            std::time::Duration::from_secs(30 + 2 * 10)
+            KafkaConfig::default().longest_rebalance_ms(),
+            30_000 + 2 * 10_000
         );
+        let err = Config::load(
+            None,
+            env(&[("ORDERSTREAM__PIPELINE__STUCK_AFTER_MS", "49999")]),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration at `pipeline.stuck_after_ms`: 49999 is shorter than a \
+             rebalance may take (50000 ms: kafka.max_poll_interval_ms + 2 x \
+             kafka.session_timeout_ms) or longer than a day"
+        );
+        let ok = Config::load(
+            None,
+            env(&[
+                ("ORDERSTREAM__KAFKA__SESSION_TIMEOUT_MS", "6000"),
+                ("ORDERSTREAM__KAFKA__MAX_POLL_INTERVAL_MS", "10000"),
+                ("ORDERSTREAM__PIPELINE__STUCK_AFTER_MS", "22000"),
+            ]),
+            &[],
+        );
+        assert!(ok.is_ok());
     }
 
     #[test]

@@ -169,7 +169,7 @@ pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<i32> {
     summary.print().await;
 
     println!("\nfinal audit (orderstream reconcile: topic vs Cassandra vs SQLite):");
-    let report = reconcile::reconcile_with(&cfg, &olap).await?;
+    let report = reconcile::reconcile_with(&cfg, &olap, reconcile::DEFAULT_READ_TIME).await?;
     print!("{report}");
     Ok(if report.is_exact() { 0 } else { 4 })
 }

@@ -64,9 +64,7 @@ pub fn consumer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
         )
         // A fetch returns after at most 50 ms even when little data is waiting: freshness
         // matters more here than the broker's request rate.
-        .set("fetch.wait.max.ms", "50")
-        // Statistics carry the consumer lag per partition (see LedgerContext::stats).
-        .set("statistics.interval.ms", "5000");
+        .set("fetch.wait.max.ms", "50");
     if !cfg.debug.is_empty() {
         c.set("debug", &cfg.debug);
     }
@@ -180,18 +178,9 @@ pub struct LedgerContext {
     pub changes: mpsc::Sender<AssignmentChange>,
 }
 
-impl ClientContext for LedgerContext {
-    /// librdkafka's statistics carry the consumer lag of every assigned partition.
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        if let Some(topic) = statistics.topics.get(&self.topic) {
-            for (partition, p) in &topic.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    crate::telemetry::consumer_lag(*partition, p.consumer_lag);
-                }
-            }
-        }
-    }
-}
+// The lag is measured against the ledger for every partition (watchdog.rs), not from
+// librdkafka's statistics, which know only this member's assignment.
+impl ClientContext for LedgerContext {}
 
 impl ConsumerContext for LedgerContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -28,6 +28,7 @@
 //! - `actors/`     — one file per actor: consumer, batcher, cassandra_writer,
 //!   mysql_aggregator, dead_letters, producer
 //! - `supervisor`  — builds the data path, restarts it as a unit, drains on shutdown
+//! - `watchdog`    — lag and progress of every partition; when the instance is stuck or must rejoin
 //! - `simulation`  — simulated orders and unique order ids
 //! - `node_lease`  — MySQL leases of id nodes, so concurrent producers never collide
 //! - `reconcile`   — the independent audit: topic vs Cassandra vs MySQL below the ledger
@@ -65,6 +66,7 @@ pub mod sqlite;
 pub mod supervisor;
 pub mod telemetry;
 pub mod topic_reader;
+pub mod watchdog;
 
 /// SIGTERM and SIGINT, caught from the moment [`Shutdown::listen`] is called.
 ///

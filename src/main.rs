@@ -71,8 +71,14 @@ enum Command {
     /// Exit 0 when the local instance is healthy (for container health checks).
     Healthcheck,
     /// Audit the deployment: every record below the ledger stored once, aggregates exact.
-    /// Exit 0 when exact, 4 when differences were found.
-    Reconcile,
+    /// Exit 0 when exact, 4 when differences were found, 5 when the broker did not deliver
+    /// some records within the read time (the report names their partitions and offsets).
+    Reconcile {
+        /// Longest time to read each topic back; records not delivered by then are named as
+        /// unreadable.
+        #[arg(long, default_value_t = 120)]
+        read_timeout_secs: u64,
+    },
     /// Serve the in-memory CQL emulator (tests and demos; not for production).
     CqlEmulator {
         /// Listen address.
@@ -193,11 +199,14 @@ fn main() -> anyhow::Result<()> {
                 };
                 orderstream::demo::run(config, options).await
             }
-            Command::Reconcile => {
-                let report = orderstream::reconcile::reconcile(&config).await;
+            Command::Reconcile { read_timeout_secs } => {
+                let read_time = std::time::Duration::from_secs(read_timeout_secs);
+                let report = orderstream::reconcile::reconcile(&config, read_time).await;
                 report.map(|r| {
                     print!("{r}");
-                    if r.is_exact() {
+                    if !r.unreadable.is_empty() {
+                        5
+                    } else if r.is_exact() {
                         0
                     } else {
                         4

@@ -422,6 +422,27 @@ pub async fn read_ledger(pool: &MySqlPool, topic: &str) -> Result<BTreeMap<i32, 
     ledger_on(&mut *pool.acquire().await?, topic).await
 }
 
+/// The ledger of a topic with the owner of each row: partition → (next offset, owner).
+pub async fn read_ledger_owners(
+    pool: &MySqlPool,
+    topic: &str,
+) -> Result<BTreeMap<i32, (i64, String)>, MysqlError> {
+    let rows = sqlx::query(
+        "SELECT partition_id, next_offset, owner FROM consumer_offsets WHERE topic = ?",
+    )
+    .bind(topic)
+    .fetch_all(pool)
+    .await?;
+    let mut ledger = BTreeMap::new();
+    for row in rows {
+        ledger.insert(
+            row.try_get::<i32, _>(0)?,
+            (row.try_get::<i64, _>(1)?, row.try_get::<String, _>(2)?),
+        );
+    }
+    Ok(ledger)
+}
+
 /// Both aggregate tables, as stored (audits and tests).
 pub async fn read_aggregates(pool: &MySqlPool) -> Result<Deltas, MysqlError> {
     aggregates_on(&mut *pool.acquire().await?).await

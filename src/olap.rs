@@ -111,6 +111,17 @@ impl OlapStore {
         })
     }
 
+    /// The ledger of a topic with each row's owner: partition → (next offset, owner).
+    pub async fn read_ledger_owners(
+        &self,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, (i64, String)>, OlapError> {
+        Ok(match self {
+            Self::Mysql(p) => mysql::read_ledger_owners(p, topic).await?,
+            Self::Sqlite(p) => sqlite::read_ledger_owners(p, topic).await?,
+        })
+    }
+
     /// Both aggregate tables, as stored.
     pub async fn read_aggregates(&self) -> Result<Deltas, OlapError> {
         Ok(match self {

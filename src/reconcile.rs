@@ -50,10 +50,18 @@ pub struct Report {
     /// Aggregate keys whose stored totals differ from the recomputed ones: (table, key,
     /// expected, stored).
     pub aggregate_differences: Vec<(&'static str, String, Totals, Totals)>,
+    /// Records the broker did not deliver within the read time: (topic, partition, first
+    /// offset not read, log end). The audit judges only what it read, so it cannot be exact.
+    pub unreadable: Vec<(String, i32, i64, i64)>,
 }
 
 impl Report {
     pub fn is_exact(&self) -> bool {
+        self.unreadable.is_empty() && self.is_consistent()
+    }
+
+    /// No difference in what was read (the verdict when records were unreadable).
+    pub fn is_consistent(&self) -> bool {
         self.missing.is_empty()
             && self.mismatched.is_empty()
             && self.unexpected_rows.is_empty()
@@ -64,36 +72,60 @@ impl Report {
     }
 }
 
-/// Runs the audit against the configured deployment.
-pub async fn reconcile(cfg: &Config) -> anyhow::Result<Report> {
+/// How long `reconcile` reads each topic by default before it names what it could not read.
+pub const DEFAULT_READ_TIME: Duration = Duration::from_secs(120);
+
+/// Runs the audit against the configured deployment, reading each topic for `read_time` at most.
+pub async fn reconcile(cfg: &Config, read_time: Duration) -> anyhow::Result<Report> {
     let pool = crate::mysql::connect(&cfg.mysql).await?;
     crate::mysql::check_migrated(&pool, &cfg.mysql).await?;
-    reconcile_with(cfg, &OlapStore::Mysql(pool)).await
+    reconcile_with(cfg, &OlapStore::Mysql(pool), read_time).await
 }
 
 /// Runs the audit with the given OLAP store (the demo's SQLite) and the configured topic and
 /// Cassandra.
-pub async fn reconcile_with(cfg: &Config, olap: &OlapStore) -> anyhow::Result<Report> {
-    let (ledger, stored) = olap.snapshot(&cfg.kafka.topic).await?;
+pub async fn reconcile_with(
+    cfg: &Config,
+    olap: &OlapStore,
+    read_time: Duration,
+) -> anyhow::Result<Report> {
+    let (mut ledger, stored) = olap.snapshot(&cfg.kafka.topic).await?;
     let read = |topic: String| {
         let brokers = cfg.kafka.brokers.clone();
         tokio::task::spawn_blocking(move || {
-            topic_reader::read_topic(&brokers, &topic, None, Duration::from_secs(600))
+            topic_reader::read_topic_within(&brokers, &topic, None, read_time)
         })
     };
-    let records = read(cfg.kafka.topic.clone()).await??;
+    let orders = read(cfg.kafka.topic.clone()).await??;
     let dead = read(cfg.kafka.dead_letter_topic.clone()).await??;
+    let mut unreadable = Vec::new();
+    for (name, read) in [
+        (&cfg.kafka.topic, &orders),
+        (&cfg.kafka.dead_letter_topic, &dead),
+    ] {
+        for (partition, (from, end)) in &read.unread {
+            unreadable.push((name.clone(), *partition, *from, *end));
+        }
+    }
+    // Records that could not be read are not judged: the ledger is taken to stop before them.
+    for (partition, (from, _)) in &orders.unread {
+        if let Some(next) = ledger.get_mut(partition) {
+            *next = (*next).min(*from);
+        }
+    }
     let cassandra = CassandraStore::connect(&cfg.cassandra).await?;
     let rows = cassandra.read_all().await?;
-    Ok(audit(
+    let mut report = audit(
         &cfg.kafka.topic,
         cfg.pipeline.max_record_bytes,
         ledger,
-        &records,
-        &dead,
+        &orders.records,
+        &dead.records,
         &rows,
         &stored,
-    ))
+    );
+    report.unreadable = unreadable;
+    Ok(report)
 }
 
 /// The comparison itself, on data already read.
@@ -253,15 +285,21 @@ impl fmt::Display for Report {
         list(f, "missing dead letters", &self.missing_dead_letters)?;
         list(f, "unexpected dead letters", &self.unexpected_dead_letters)?;
         list(f, "differing aggregate keys", &self.aggregate_differences)?;
-        writeln!(
-            f,
-            "verdict: {}",
-            if self.is_exact() {
-                "EXACT"
-            } else {
-                "DIFFERENCES FOUND"
-            }
-        )
+        for (topic, partition, from, end) in &self.unreadable {
+            writeln!(
+                f,
+                "unreadable: {topic} partition {partition} from offset {from} to the log end \
+                 {end}: the broker did not deliver these records within the read time"
+            )?;
+        }
+        let verdict = if !self.unreadable.is_empty() {
+            "INCOMPLETE (unreadable records; see above)"
+        } else if self.is_exact() {
+            "EXACT"
+        } else {
+            "DIFFERENCES FOUND"
+        };
+        writeln!(f, "verdict: {verdict}")
     }
 }
 

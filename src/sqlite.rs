@@ -359,6 +359,27 @@ pub async fn read_ledger(
     ledger_on(&mut *pool.acquire().await?, topic).await
 }
 
+/// The ledger of a topic with the owner of each row: partition → (next offset, owner).
+pub async fn read_ledger_owners(
+    pool: &SqlitePool,
+    topic: &str,
+) -> Result<BTreeMap<i32, (i64, String)>, SqliteError> {
+    let rows = sqlx::query(
+        "SELECT partition_id, next_offset, owner FROM consumer_offsets WHERE topic = ?",
+    )
+    .bind(topic)
+    .fetch_all(pool)
+    .await?;
+    let mut ledger = BTreeMap::new();
+    for row in rows {
+        ledger.insert(
+            row.try_get::<i32, _>(0)?,
+            (row.try_get::<i64, _>(1)?, row.try_get::<String, _>(2)?),
+        );
+    }
+    Ok(ledger)
+}
+
 /// Both aggregate tables, as stored.
 pub async fn read_aggregates(pool: &SqlitePool) -> Result<Deltas, SqliteError> {
     aggregates_on(&mut *pool.acquire().await?).await

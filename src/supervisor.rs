@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::kafka::{self, LedgerContext};
 use crate::olap::OlapStore;
 use crate::telemetry::{self, Health};
+use crate::watchdog::{Change, PartitionView, RejoinPolicy, Watchdog};
 
 /// Exit code when the restart budget is spent.
 pub const EXIT_BUDGET_SPENT: i32 = 3;
@@ -86,6 +87,13 @@ pub struct Pipeline {
     draining: bool,
     /// Fires once the current data path's consumer has left the group.
     leaving: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Lag and progress of every partition (see `watchdog.rs`), read every `WATCH_EVERY`.
+    watchdog: Watchdog,
+    rejoins: RejoinPolicy,
+    /// A watchdog round is running.
+    watching: bool,
+    /// Reads the topic's watermarks; not a group member.
+    metadata: Option<Arc<rdkafka::consumer::BaseConsumer>>,
     /// Where the process learns that it must exit, and with which code. (`System::stop` would
     /// not do: `main` runs the system with `block_on`, which ignores it, and the process lived
     /// on without a data path; the chaos suite's budget test found that.)
@@ -100,7 +108,12 @@ impl Pipeline {
         owner: String,
         exit: mpsc::Sender<i32>,
     ) -> Self {
+        let stuck_after = Duration::from_millis(cfg.pipeline.stuck_after_ms);
         Self {
+            watchdog: Watchdog::new(stuck_after),
+            rejoins: RejoinPolicy::new(stuck_after, REJOIN_INTERVAL_MAX.max(stuck_after)),
+            watching: false,
+            metadata: None,
             exit,
             cfg,
             stores,
@@ -180,7 +193,6 @@ impl Pipeline {
             owner: client_id,
             max_record_bytes: cfg.pipeline.max_record_bytes,
             request_timeout: Duration::from_millis(u64::from(cfg.kafka.request_timeout_ms)),
-            rejoin_timeout: cfg.kafka.rejoin_timeout(),
         };
         let (left, leaving) = tokio::sync::oneshot::channel();
         self.leaving = Some(leaving);
@@ -280,9 +292,177 @@ impl Pipeline {
     }
 }
 
+/// How often the watchdog reads the ledger and the watermarks.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+/// The longest wait between two rejoins while partitions stay stuck.
+const REJOIN_INTERVAL_MAX: Duration = Duration::from_secs(600);
+
+impl Pipeline {
+    /// One watchdog round: reads the ledger and the log ends of every partition, then judges
+    /// them (`judge`). A round that cannot read both is skipped: the watchdog judges progress,
+    /// and an outage of the broker or MySQL is already reported by its own signals.
+    fn watch(&mut self, ctx: &mut Context<Self>) {
+        if self.watching {
+            return;
+        }
+        let metadata = match &self.metadata {
+            Some(m) => m.clone(),
+            None => {
+                let client = rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", &self.cfg.kafka.brokers)
+                    .set("client.id", format!("{}-watchdog", self.owner))
+                    .create::<rdkafka::consumer::BaseConsumer>();
+                match client {
+                    Ok(c) => self.metadata.insert(Arc::new(c)).clone(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watchdog: cannot create its kafka client");
+                        return;
+                    }
+                }
+            }
+        };
+        self.watching = true;
+        let (olap, topic) = (self.stores.olap.clone(), self.cfg.kafka.topic.clone());
+        let timeout = Duration::from_millis(u64::from(self.cfg.kafka.request_timeout_ms))
+            .min(WATCH_EVERY * 2);
+        let read = async move {
+            let marks = {
+                let topic = topic.clone();
+                tokio::task::spawn_blocking(move || watermarks(&metadata, &topic, timeout))
+            };
+            let ledger = tokio::time::timeout(timeout, olap.read_ledger_owners(&topic));
+            let (marks, ledger) = tokio::join!(marks, ledger);
+            let marks = marks.map_err(|e| e.to_string())??;
+            let ledger = ledger
+                .map_err(|_| "reading the ledger timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(
+                marks
+                    .into_iter()
+                    .map(|(partition, (low, end))| {
+                        let (next, owner) = ledger
+                            .get(&partition)
+                            .cloned()
+                            .unwrap_or((low, String::new()));
+                        PartitionView {
+                            partition,
+                            next,
+                            end,
+                            owner,
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        ctx.spawn(read.into_actor(self).map(|views, act, ctx| {
+            act.watching = false;
+            match views {
+                Ok(views) => act.judge(views, ctx),
+                Err(error) => tracing::debug!(%error, "watchdog round skipped"),
+            }
+        }));
+    }
+
+    fn judge(&mut self, views: Vec<PartitionView>, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        for change in self.watchdog.observe(now, views) {
+            match change {
+                Change::Stuck { view, waiting } => {
+                    counter!(telemetry::WATCHDOG_STUCK).increment(1);
+                    tracing::warn!(
+                        partition = view.partition,
+                        ledger_offset = view.next,
+                        log_end = view.end,
+                        owner = %view.owner,
+                        waiting_s = waiting.as_secs(),
+                        "partition stuck: records wait and the ledger has not moved"
+                    );
+                }
+                Change::Moving { view, stuck_for } => tracing::info!(
+                    partition = view.partition,
+                    ledger_offset = view.next,
+                    log_end = view.end,
+                    stuck_s = stuck_for.as_secs(),
+                    "partition moving again"
+                ),
+            }
+        }
+        let unix_now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        for p in self.watchdog.partitions() {
+            let progressed = unix_now - now.duration_since(p.progressed_at).as_secs_f64();
+            telemetry::partition_progress(p.view.partition, p.view.lag(), progressed, p.stuck);
+        }
+        let verdict = self.watchdog.verdict(&self.health.held());
+        self.health.set_stuck(verdict.unready);
+        if verdict.unheld_stuck.is_empty() {
+            if !self.watchdog.partitions().any(|p| p.stuck) {
+                self.rejoins.reset();
+            }
+            return;
+        }
+        // A store outage stalls every partition, held or not: wait it out, a new member would
+        // not help.
+        let stores_up = self
+            .health
+            .stores_reachable
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if stores_up && self.path.is_some() && !self.draining && self.rejoins.attempt(now) {
+            let reason = format!(
+                "partitions {:?} are stuck and this instance does not hold them",
+                verdict.unheld_stuck
+            );
+            self.rejoin(reason, ctx);
+        }
+    }
+
+    /// Leaves the consumer group and joins again as a new member: the data path restarts
+    /// (in-flight batches replay from the ledger), without counting against the restart budget.
+    fn rejoin(&mut self, reason: String, ctx: &mut Context<Self>) {
+        let Some(path) = self.path.take() else {
+            return;
+        };
+        counter!(telemetry::CONSUMER_REJOINS, "reason" => telemetry::REJOIN_STUCK).increment(1);
+        tracing::warn!(%reason, "leaving the consumer group to join again as a new member");
+        path.halt();
+        self.health.set_ready(false);
+        self.start_after_leave(ctx);
+    }
+}
+
+/// partition → (log start, log end)
+type LogBounds = Vec<(i32, (i64, i64))>;
+
+/// Log start and end of every partition of `topic`. Blocking.
+fn watermarks(
+    client: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<LogBounds, String> {
+    use rdkafka::consumer::Consumer as _;
+    let metadata = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| e.to_string())?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    partitions
+        .into_iter()
+        .map(|p| {
+            client
+                .fetch_watermarks(topic, p, timeout)
+                .map(|marks| (p, marks))
+                .map_err(|e| format!("watermarks of partition {p}: {e}"))
+        })
+        .collect()
+}
+
 impl Actor for Pipeline {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(WATCH_EVERY, |act, ctx| act.watch(ctx));
         if let Err(error) = self.start_path(ctx) {
             self.restart("consumer", error, ctx);
         }

@@ -5,8 +5,9 @@
 //! Every counter is registered at zero for its known labels at startup, so dashboards see a
 //! series before the first event.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::{
@@ -42,7 +43,12 @@ pub const END_TO_END: &str = "orderstream_pipeline_end_to_end_latency_seconds";
 pub const RESTARTS: &str = "orderstream_supervisor_restarts_total";
 pub const ACTOR_UP: &str = "orderstream_actor_up";
 pub const DEPENDENCY_UP: &str = "orderstream_dependency_up";
-pub const CONSUMER_LAG: &str = "orderstream_consumer_lag_records";
+pub const CONSUMER_REJOINS: &str = "orderstream_consumer_rejoins_total";
+pub const CONSUMER_RELEASED: &str = "orderstream_consumer_released_partitions_total";
+pub const PARTITION_LAG: &str = "orderstream_partition_lag_records";
+pub const PARTITION_PROGRESS: &str = "orderstream_partition_last_progress_timestamp_seconds";
+pub const PARTITION_STUCK: &str = "orderstream_partition_stuck";
+pub const WATCHDOG_STUCK: &str = "orderstream_watchdog_stuck_partitions_total";
 pub const PROCESS_MEMORY: &str = "orderstream_process_resident_memory_bytes";
 pub const PROCESS_CPU: &str = "orderstream_process_cpu_seconds_total";
 
@@ -153,9 +159,32 @@ fn describe() {
         DEPENDENCY_UP,
         "1 while the store answered its last probe (every 2 s), by dependency."
     );
+    describe_counter!(
+        CONSUMER_REJOINS,
+        "Times this instance left the consumer group and joined again as a new member, by reason."
+    );
+    describe_counter!(
+        CONSUMER_RELEASED,
+        "Partitions released because another member claimed them in the ledger."
+    );
     describe_gauge!(
-        CONSUMER_LAG,
-        "Records between the committed offset and the log end, by partition."
+        PARTITION_LAG,
+        "Records waiting between the ledger and the log end, by partition (every partition of \
+         the topic, whoever holds it)."
+    );
+    describe_gauge!(
+        PARTITION_PROGRESS,
+        Unit::Seconds,
+        "Unix time the partition's ledger last advanced or was last seen at the log end."
+    );
+    describe_gauge!(
+        PARTITION_STUCK,
+        "1 while records wait on the partition and its ledger has not moved for \
+         pipeline.stuck_after_ms."
+    );
+    describe_counter!(
+        WATCHDOG_STUCK,
+        "Times the watchdog found a partition stuck."
     );
     describe_gauge!(
         PROCESS_MEMORY,
@@ -171,6 +200,7 @@ fn describe() {
     for reason in Reason::ALL {
         counter!(DEAD_LETTERS, "reason" => reason.as_str()).absolute(0);
     }
+    counter!(CONSUMER_REJOINS, "reason" => REJOIN_STUCK).absolute(0);
     for kind in ["assign", "revoke"] {
         counter!(CONSUMER_REBALANCES, "kind" => kind).absolute(0);
     }
@@ -193,6 +223,8 @@ fn describe() {
         PRODUCER_ORDERS,
         PRODUCER_ERRORS,
         CONSUMER_COMMIT_FAILURES,
+        CONSUMER_RELEASED,
+        WATCHDOG_STUCK,
     ] {
         counter!(name).absolute(0);
     }
@@ -206,8 +238,15 @@ pub fn rebalance(change: &AssignmentChange) {
     counter!(CONSUMER_REBALANCES, "kind" => kind).increment(1);
 }
 
-pub fn consumer_lag(partition: i32, lag: i64) {
-    gauge!(CONSUMER_LAG, "partition" => partition.to_string()).set(lag as f64);
+/// The `reason` of a rejoin for stuck partitions that this instance did not hold.
+pub const REJOIN_STUCK: &str = "stuck_unheld";
+
+/// One partition as the watchdog last saw it.
+pub fn partition_progress(partition: i32, lag: i64, progressed_unix: f64, stuck: bool) {
+    let label = partition.to_string();
+    gauge!(PARTITION_LAG, "partition" => label.clone()).set(lag as f64);
+    gauge!(PARTITION_PROGRESS, "partition" => label.clone()).set(progressed_unix);
+    gauge!(PARTITION_STUCK, "partition" => label).set(if stuck { 1.0 } else { 0.0 });
 }
 
 /// Every few seconds: samples resident memory and CPU time from /proc (Linux only; elsewhere
@@ -282,6 +321,15 @@ pub struct Health {
     pub ready: AtomicBool,
     /// Both stores answered their last probe.
     pub stores_reachable: AtomicBool,
+    /// Why the progress watchdog holds readiness back (see `watchdog.rs`).
+    stuck: Mutex<Option<String>>,
+    /// The partitions this instance's consumer holds (assigned and claimed, or being claimed).
+    held: Mutex<BTreeSet<i32>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain data: a panic elsewhere cannot leave it half-written.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Health {
@@ -295,9 +343,31 @@ impl Health {
     pub fn set_stores_reachable(&self, reachable: bool) {
         self.stores_reachable.store(reachable, Ordering::Relaxed);
     }
-    /// What `/readyz` answers: the data path runs and both stores answer.
+    pub fn set_stuck(&self, reason: Option<String>) {
+        *locked(&self.stuck) = reason;
+    }
+    pub fn set_held(&self, partitions: impl IntoIterator<Item = i32>) {
+        *locked(&self.held) = partitions.into_iter().collect();
+    }
+    pub fn held(&self) -> BTreeSet<i32> {
+        locked(&self.held).clone()
+    }
+    /// What `/readyz` answers: the data path runs, both stores answer and no partition this
+    /// instance should serve is stuck; otherwise why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Err("the consumer is joining the group or claiming its partitions".into());
+        }
+        if !self.stores_reachable.load(Ordering::Relaxed) {
+            return Err("a store does not answer (see orderstream_dependency_up)".into());
+        }
+        match locked(&self.stuck).as_ref() {
+            Some(reason) => Err(reason.clone()),
+            None => Ok(()),
+        }
+    }
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && self.stores_reachable.load(Ordering::Relaxed)
+        self.readiness().is_ok()
     }
     fn alive(&self, stale_after: Duration) -> bool {
         let last = self.last_progress_ms.load(Ordering::Relaxed);
@@ -339,12 +409,14 @@ pub async fn serve_http(listener: TcpListener, handle: PrometheusHandle, health:
                     "text/plain",
                     "no progress\n".into(),
                 ),
-                "/readyz" if health.is_ready() => ("200 OK", "text/plain", "ready\n".into()),
-                "/readyz" => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "not ready\n".into(),
-                ),
+                "/readyz" => match health.readiness() {
+                    Ok(()) => ("200 OK", "text/plain", "ready\n".into()),
+                    Err(reason) => (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        format!("not ready: {reason}\n"),
+                    ),
+                },
                 _ => ("404 Not Found", "text/plain", "not found\n".into()),
             };
             let head = format!(

@@ -56,6 +56,39 @@ pub fn read_topic(
     ends: Option<&BTreeMap<i32, i64>>,
     deadline: Duration,
 ) -> Result<Vec<TopicRecord>, KafkaError> {
+    let read = read_topic_within(brokers, topic, ends, deadline)?;
+    if !read.unread.is_empty() {
+        return Err(KafkaError::ReadTimeout {
+            topic: topic.to_owned(),
+            missing: read
+                .unread
+                .into_iter()
+                .map(|(p, (_, end))| (p, end))
+                .collect(),
+        });
+    }
+    Ok(read.records)
+}
+
+/// What a bounded read got: the records, and where each partition that it could not finish
+/// stopped.
+#[derive(Debug, Default)]
+pub struct TopicRead {
+    pub records: Vec<TopicRecord>,
+    /// partition → (first offset not read, end offset): the broker did not deliver these
+    /// records before the deadline.
+    pub unread: BTreeMap<i32, (i64, i64)>,
+}
+
+/// Like [`read_topic`], but a partition that does not deliver within `deadline` is reported in
+/// [`TopicRead::unread`] with the offset where it stopped, instead of failing the whole read: a
+/// record the broker acknowledged but will not serve blocks its partition for good.
+pub fn read_topic_within(
+    brokers: &str,
+    topic: &str,
+    ends: Option<&BTreeMap<i32, i64>>,
+    deadline: Duration,
+) -> Result<TopicRead, KafkaError> {
     let started = Instant::now();
     let marks = watermarks(brokers, topic, deadline)?;
     let consumer: BaseConsumer = ClientConfig::new()
@@ -67,7 +100,8 @@ pub fn read_topic(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()?;
-    let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
+    // partition → (next offset expected, end offset)
+    let mut remaining: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for (p, (low, high)) in &marks {
         let end = ends
@@ -75,7 +109,7 @@ pub fn read_topic(
             .unwrap_or(*high)
             .min(*high);
         if end > *low {
-            remaining.insert(*p, end);
+            remaining.insert(*p, (*low, end));
             tpl.add_partition_offset(topic, *p, Offset::Offset(*low))?;
         }
     }
@@ -84,16 +118,16 @@ pub fn read_topic(
     let mut out = Vec::new();
     while !remaining.is_empty() {
         if started.elapsed() > deadline {
-            return Err(KafkaError::ReadTimeout {
-                topic: topic.to_owned(),
-                missing: remaining.into_iter().collect(),
+            return Ok(TopicRead {
+                records: out,
+                unread: remaining,
             });
         }
         let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
         let msg = msg?;
-        let Some(end) = remaining.get(&msg.partition()).copied() else {
+        let Some((_, end)) = remaining.get(&msg.partition()).copied() else {
             continue;
         };
         if msg.offset() >= end {
@@ -117,7 +151,12 @@ pub fn read_topic(
         });
         if msg.offset() + 1 >= end {
             remaining.remove(&msg.partition());
+        } else if let Some(position) = remaining.get_mut(&msg.partition()) {
+            position.0 = msg.offset() + 1;
         }
     }
-    Ok(out)
+    Ok(TopicRead {
+        records: out,
+        unread: BTreeMap::new(),
+    })
 }

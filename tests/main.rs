@@ -11,6 +11,7 @@ mod aggregator;
 mod chaos;
 mod dead_letters;
 mod demo;
+mod liveness;
 mod migrate;
 mod ops;
 mod pipeline;

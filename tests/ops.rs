@@ -15,14 +15,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 use sqlx::{Column, Row, TypeInfo};
 
-use crate::common::{self, Env, Proc};
+use crate::common::prometheus::Prometheus;
+use crate::common::{self, Env};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -405,87 +406,6 @@ fn alert_parts(expr: &str) -> Vec<String> {
                 .to_owned()
         })
         .collect()
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// A real Prometheus scraping the pipeline every second, with the stack's alert rules.
-struct Prometheus {
-    port: u16,
-    _proc: Proc,
-}
-
-impl Prometheus {
-    fn start(root: &Path, target_port: u16) -> Prometheus {
-        let bin = common::find_program("prometheus", &["/usr/bin"]).unwrap_or_else(|| {
-            panic!("prometheus is not installed: run `apt-get install prometheus` (or .ci/run)")
-        });
-        let dir = root.join("prometheus");
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 rule_files:\n  - {}\n\
-                 scrape_configs:\n  - job_name: orderstream\n    static_configs:\n\
-                 \x20     - targets: ['127.0.0.1:{target_port}']\n        labels:\n\
-                 \x20         service: pipeline\n",
-                repo("prometheus/alerts.yml").display()
-            ),
-        )
-        .unwrap();
-        let port = common::free_port();
-        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-        let child = Command::new(bin)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start prometheus");
-        let p = Prometheus {
-            port,
-            _proc: Proc {
-                name: "prometheus".into(),
-                child,
-            },
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while common::http_get(port, "/-/ready").is_none_or(|(_, b)| !b.contains("Ready")) {
-            assert!(Instant::now() < deadline, "prometheus did not become ready");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        p
-    }
-
-    /// The number of series an instant query returns.
-    fn series(&self, expr: &str) -> Result<usize, String> {
-        let (_, body) = common::http_get(
-            self.port,
-            &format!("/api/v1/query?query={}", percent_encode(expr)),
-        )
-        .ok_or("no answer")?;
-        let json: Json = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
-        if json["status"] != "success" {
-            return Err(body);
-        }
-        Ok(json["data"]["result"].as_array().map_or(0, Vec::len))
-    }
 }
 
 /// Grafana's MySQL macros, expanded as Grafana does for the range [from, to] (Unix seconds).

@@ -93,9 +93,6 @@ pub struct ConsumerSettings {
     pub owner: String,
     pub max_record_bytes: usize,
     pub request_timeout: Duration,
-    /// How long the member may stay without an assignment (since it subscribed, or since a
-    /// revoke) before the consumer gives up on its group membership (see `check_membership`).
-    pub rejoin_timeout: Duration,
 }
 
 pub struct KafkaConsumer {
@@ -110,11 +107,6 @@ pub struct KafkaConsumer {
     changes: Option<mpsc::Receiver<AssignmentChange>>,
     stop: Arc<AtomicBool>,
     backoff: ExponentialBackoff,
-    /// Since when the member holds no assignment: set at subscribe and at every revoke,
-    /// cleared by every assignment (an empty one too: the group formed without us).
-    unassigned_since: Option<std::time::Instant>,
-    /// A reachability probe of `check_membership` is running.
-    probing: bool,
     /// Fired once this member's client is closed, that is once it has left the group: the
     /// supervisor starts the next member after it (see `stopped`).
     left: Option<tokio::sync::oneshot::Sender<()>>,
@@ -147,59 +139,8 @@ impl KafkaConsumer {
             changes: Some(changes),
             stop,
             backoff,
-            unassigned_since: None,
-            probing: false,
             left: Some(left),
         }
-    }
-
-    /// A member that was revoked and never assigned again while the broker answers is out of
-    /// the group for good: the consumer fails, and the supervisor restarts the data path with a
-    /// new client (a new member). librdkafka rejoins by itself after a session timeout, but a
-    /// coordinator can keep the lost member as the group's leader and never finish the
-    /// rebalance: tansu 0.6 does, after its heartbeat answers came more than
-    /// `session.timeout.ms` late (seen in CI under load; reproduced by freezing tansu for
-    /// 6.5–12 s under a steady producer: every rejoin ended in "Unknown member" for minutes).
-    /// The leader it keeps is the member id librdkafka dropped at the session timeout, and
-    /// tansu's forming group clears a leader only while it is still a member, so against tansu
-    /// this restart does not always suffice either (README, *Tests*); against a broker that
-    /// expires lost members it does. While the broker does not answer at all, restarting
-    /// cannot help (it would only spend the restart budget during a Kafka outage), so the
-    /// consumer waits another period instead.
-    fn check_membership(&mut self, ctx: &mut Context<Self>) {
-        let Some(since) = self.unassigned_since else {
-            return;
-        };
-        if self.probing || since.elapsed() <= self.settings.rejoin_timeout {
-            return;
-        }
-        self.probing = true;
-        let (client, topic, timeout) = (
-            self.client.clone(),
-            self.settings.topic.clone(),
-            self.settings.request_timeout,
-        );
-        let probe = tokio::task::spawn_blocking(move || {
-            client.fetch_metadata(Some(&topic), timeout).is_ok()
-        });
-        ctx.spawn(probe.into_actor(self).map(|reachable, act, ctx| {
-            act.probing = false;
-            let Some(since) = act.unassigned_since else {
-                return; // assigned meanwhile
-            };
-            if reachable.unwrap_or(false) {
-                let error = format!(
-                    "no partitions assigned for {} s while the broker answers: the consumer \
-                     group did not re-form",
-                    since.elapsed().as_secs()
-                );
-                tracing::warn!(%error, "restarting the consumer as a new group member");
-                act.fail(ctx, error, false);
-            } else {
-                tracing::info!("no partitions assigned and the broker does not answer: waiting");
-                act.unassigned_since = Some(std::time::Instant::now());
-            }
-        }));
     }
 
     fn fail(&self, ctx: &mut Context<Self>, error: String, fatal: bool) {
@@ -354,6 +295,41 @@ impl KafkaConsumer {
             .values()
             .any(|s| matches!(s, PartitionState::Claiming { .. }));
         self.health.set_ready(!claiming);
+    }
+
+    /// Tells the watchdog (through `Health`) which partitions this member holds.
+    fn publish_held(&self) {
+        let held: Vec<i32> = lock(&self.gate).partitions.keys().copied().collect();
+        self.health.set_held(held);
+    }
+
+    /// Stops consuming a partition that another member has claimed in the ledger since this
+    /// member claimed it: the broker handed it to both (or this member has not yet heard of a
+    /// rebalance). Every batch of it would be fenced, so it is paused and dropped from the gate
+    /// instead of being retried; a later assignment claims it again, and should the other member
+    /// die meanwhile, the watchdog sees the partition stuck and this instance rejoins the group.
+    fn release(&mut self, partition: i32, epoch: i64) {
+        let mut gate = lock(&self.gate);
+        let claimed_in_that_epoch = matches!(
+            gate.partitions.get(&partition),
+            Some(PartitionState::Active { epoch: e, .. }) if *e == epoch
+        );
+        if !claimed_in_that_epoch {
+            return; // revoked, re-claimed or released already
+        }
+        gate.partitions.remove(&partition);
+        drop(gate);
+        if let Err(e) = self.client.pause(&tpl(&self.settings.topic, &[partition])) {
+            tracing::warn!(partition, error = %e, "pause of a released partition failed");
+        }
+        counter!(telemetry::CONSUMER_RELEASED).increment(1);
+        tracing::warn!(
+            partition,
+            epoch,
+            "partition released: another member claimed it in the ledger (fenced batch)"
+        );
+        self.publish_held();
+        self.update_paused_gauge();
     }
 
     fn update_paused_gauge(&self) {
@@ -569,8 +545,6 @@ impl Actor for KafkaConsumer {
         if let Err(e) = self.client.subscribe(&[&self.settings.topic]) {
             return self.fail(ctx, format!("subscribe: {e}"), false);
         }
-        self.unassigned_since = Some(std::time::Instant::now());
-        ctx.run_interval(Duration::from_secs(1), |act, ctx| act.check_membership(ctx));
         if let Some(changes) = self.changes.take() {
             ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(changes));
         }
@@ -593,6 +567,7 @@ impl Actor for KafkaConsumer {
     fn stopped(&mut self, _: &mut Self::Context) {
         self.stop.store(true, Ordering::Release);
         telemetry::actor_up("consumer", false);
+        self.health.set_held([]);
         // Leaving the group blocks; do it off the actor thread.
         let (client, left) = (self.client.clone(), self.left.take());
         tokio::task::spawn_blocking(move || {
@@ -609,20 +584,18 @@ impl StreamHandler<AssignmentChange> for KafkaConsumer {
     fn handle(&mut self, change: AssignmentChange, ctx: &mut Self::Context) {
         match change {
             AssignmentChange::Assigned(partitions) => {
-                self.unassigned_since = None;
                 for p in partitions {
                     self.claim(p, ctx);
                 }
             }
             AssignmentChange::Revoked(partitions) => {
-                self.unassigned_since
-                    .get_or_insert_with(std::time::Instant::now);
                 let mut gate = lock(&self.gate);
                 for p in partitions {
                     gate.partitions.remove(&p);
                 }
             }
         }
+        self.publish_held();
         self.update_paused_gauge();
         self.update_readiness();
     }
@@ -661,11 +634,12 @@ impl Handler<BatchCommitted> for KafkaConsumer {
             }
         }
         for (p, epoch) in msg.fenced {
-            tracing::info!(
+            tracing::debug!(
                 partition = p,
                 epoch,
                 "records of a lost or re-claimed partition were fenced"
             );
+            self.release(p, epoch);
         }
     }
 }

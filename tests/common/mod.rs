@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod prometheus;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -27,6 +28,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_orderstream");
+
+/// `pipeline.stuck_after_ms` of every process the harness starts.
+pub const STUCK_AFTER_MS: u64 = 25_000;
 
 /// Heavy tests take this lock so that two of them never share the 2 cores.
 pub fn heavy() -> MutexGuard<'static, ()> {
@@ -424,6 +428,8 @@ impl Env {
             ("MYSQL__DATABASE", n.database.clone()),
             ("HTTP__LISTEN", format!("127.0.0.1:{}", self.http_port)),
             ("SUPERVISION__BACKOFF_MAX_MS", "1000".into()),
+            // The shortest the session and rebalance timeouts above allow, plus a margin.
+            ("PIPELINE__STUCK_AFTER_MS", STUCK_AFTER_MS.to_string()),
         ]
         .into_iter()
         .chain(self.extra_vars.iter().map(|(k, v)| (k.as_str(), v.clone())))
@@ -466,7 +472,7 @@ impl Env {
         self.spawn_logged(partitions, args, &log, extra)
     }
 
-    fn spawn_logged(
+    pub fn spawn_logged(
         &self,
         partitions: i32,
         args: &[&str],
