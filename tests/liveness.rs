@@ -24,7 +24,7 @@ async fn applied(env: &Env, partitions: i32) -> i64 {
 }
 
 /// Waits until `check` holds; returns how long that took, or panics after `within`.
-async fn within<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
+async fn within<F, Fut>(within: Duration, what: &str, check: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
