@@ -92,6 +92,11 @@ pub struct Pipeline {
     rejoins: RejoinPolicy,
     /// A watchdog round is running.
     watching: bool,
+    /// A new data path is scheduled (after a restart or a rejoin): failures reported meanwhile
+    /// come from the stopped one.
+    restarting: bool,
+    /// When the current data path started: its consumer needs a rebalance to get partitions.
+    path_started: Instant,
     /// Reads the topic's watermarks; not a group member.
     metadata: Option<Arc<rdkafka::consumer::BaseConsumer>>,
     /// Where the process learns that it must exit, and with which code. (`System::stop` would
@@ -110,9 +115,11 @@ impl Pipeline {
     ) -> Self {
         let stuck_after = Duration::from_millis(cfg.pipeline.stuck_after_ms);
         Self {
-            watchdog: Watchdog::new(stuck_after),
+            watchdog: Watchdog::new(stuck_after, WATCH_GAP_MAX),
             rejoins: RejoinPolicy::new(stuck_after, REJOIN_INTERVAL_MAX.max(stuck_after)),
             watching: false,
+            restarting: false,
+            path_started: Instant::now(),
             metadata: None,
             exit,
             cfg,
@@ -128,6 +135,11 @@ impl Pipeline {
     }
 
     fn start_path(&mut self, ctx: &mut Context<Self>) -> Result<(), String> {
+        // Never two data paths at once.
+        if let Some(old) = self.path.take() {
+            old.halt();
+        }
+        self.path_started = Instant::now();
         let cfg = &self.cfg;
         let backoff = retry_backoff(cfg);
         let supervisor = ctx.address().recipient::<ActorFailed>();
@@ -232,6 +244,11 @@ impl Pipeline {
     }
 
     fn restart(&mut self, actor: &'static str, error: String, ctx: &mut Context<Self>) {
+        if self.restarting {
+            // An actor of the data path already stopped, noticing its neighbours are gone.
+            tracing::debug!(actor, %error, "failure of a stopped data path");
+            return;
+        }
         if let Some(path) = self.path.take() {
             path.halt();
         }
@@ -264,6 +281,7 @@ impl Pipeline {
             * 2u32.saturating_pow(self.restarts.len().saturating_sub(1) as u32);
         let delay = delay.min(Duration::from_millis(self.cfg.supervision.backoff_max_ms));
         tracing::warn!(actor, %error, ?delay, "restarting the data path");
+        self.restarting = true;
         ctx.run_later(delay, |act, ctx| act.start_after_leave(ctx));
     }
 
@@ -282,6 +300,7 @@ impl Pipeline {
             }
         };
         ctx.spawn(left.into_actor(self).map(|(), act, ctx| {
+            act.restarting = false;
             if act.draining {
                 return;
             }
@@ -294,6 +313,9 @@ impl Pipeline {
 
 /// How often the watchdog reads the ledger and the watermarks.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
+/// Rounds further apart than this (the broker or MySQL did not answer) leave a gap in what the
+/// watchdog saw: the time in between does not count as waiting.
+const WATCH_GAP_MAX: Duration = Duration::from_secs(10);
 /// The longest wait between two rejoins while partitions stay stuck.
 const REJOIN_INTERVAL_MAX: Duration = Duration::from_secs(600);
 
@@ -365,6 +387,15 @@ impl Pipeline {
 
     fn judge(&mut self, views: Vec<PartitionView>, ctx: &mut Context<Self>) {
         let now = Instant::now();
+        // A store outage stalls every partition, held or not, and is reported as such: the
+        // time it lasts is not counted as partitions waiting, and no new member would help.
+        let stores_up = self
+            .health
+            .stores_reachable
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if !stores_up {
+            self.watchdog.suspend();
+        }
         for change in self.watchdog.observe(now, views) {
             match change {
                 Change::Stuck { view, waiting } => {
@@ -400,13 +431,15 @@ impl Pipeline {
             }
             return;
         }
-        // A store outage stalls every partition, held or not: wait it out, a new member would
-        // not help.
-        let stores_up = self
-            .health
-            .stores_reachable
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if stores_up && self.path.is_some() && !self.draining && self.rejoins.attempt(now) {
+        // A consumer that has just started gets its partitions within a rebalance; until then
+        // it holds nothing, which is no reason to leave the group again.
+        let settled = self.path_started.elapsed() >= self.watchdog.stuck_after();
+        if settled
+            && self.path.is_some()
+            && !self.restarting
+            && !self.draining
+            && self.rejoins.attempt(now)
+        {
             let reason = format!(
                 "partitions {:?} are stuck and this instance does not hold them",
                 verdict.unheld_stuck
@@ -421,6 +454,7 @@ impl Pipeline {
         let Some(path) = self.path.take() else {
             return;
         };
+        self.restarting = true;
         counter!(telemetry::CONSUMER_REJOINS, "reason" => telemetry::REJOIN_STUCK).increment(1);
         tracing::warn!(%reason, "leaving the consumer group to join again as a new member");
         path.halt();
@@ -448,15 +482,21 @@ fn watermarks(
         .filter(|t| t.name() == topic && t.error().is_none())
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
-    partitions
-        .into_iter()
-        .map(|p| {
-            client
-                .fetch_watermarks(topic, p, timeout)
-                .map(|marks| (p, marks))
-                .map_err(|e| format!("watermarks of partition {p}: {e}"))
-        })
-        .collect()
+    // A partition whose watermarks do not come (no leader for a moment) is left out of this
+    // round rather than the whole round.
+    let mut bounds = Vec::with_capacity(partitions.len());
+    let mut last_error = None;
+    for p in partitions {
+        match client.fetch_watermarks(topic, p, timeout) {
+            Ok(marks) => bounds.push((p, marks)),
+            Err(e) => last_error = Some(format!("watermarks of partition {p}: {e}")),
+        }
+    }
+    match (bounds.is_empty(), last_error) {
+        (true, Some(error)) => Err(error),
+        (true, None) => Err(format!("topic {topic} has no partitions")),
+        (false, _) => Ok(bounds),
+    }
 }
 
 impl Actor for Pipeline {

@@ -71,19 +71,50 @@ pub struct Verdict {
 
 pub struct Watchdog {
     stuck_after: Duration,
+    /// Rounds further apart than this leave a gap: what happened in between was not seen.
+    max_gap: Duration,
+    last_round: Option<Instant>,
+    /// The next round starts every clock afresh (see `suspend`).
+    suspended: bool,
     partitions: BTreeMap<i32, Progress>,
 }
 
 impl Watchdog {
-    pub fn new(stuck_after: Duration) -> Self {
+    pub fn new(stuck_after: Duration, max_gap: Duration) -> Self {
         Self {
             stuck_after,
+            max_gap,
+            last_round: None,
+            suspended: false,
             partitions: BTreeMap::new(),
         }
     }
 
+    pub fn stuck_after(&self) -> Duration {
+        self.stuck_after
+    }
+
+    /// The next round does not count the time before it as waiting: an outage of a store is
+    /// going on, which stalls every partition and is reported by its own signals.
+    pub fn suspend(&mut self) {
+        self.suspended = true;
+    }
+
     /// Takes one round of views (every partition of the topic) and says what changed.
     pub fn observe(&mut self, now: Instant, views: Vec<PartitionView>) -> Vec<Change> {
+        let gap = self
+            .last_round
+            .is_some_and(|t| now.saturating_duration_since(t) > self.max_gap);
+        if gap || self.suspended {
+            // Start every clock afresh, quietly: a partition still stuck afterwards is
+            // reported again once it has waited `stuck_after` in plain sight.
+            for p in self.partitions.values_mut() {
+                p.progressed_at = now;
+                p.stuck = false;
+            }
+        }
+        self.suspended = false;
+        self.last_round = Some(now);
         let mut changes = Vec::new();
         for view in views {
             let entry = self
@@ -217,11 +248,14 @@ mod tests {
     }
 
     const AFTER: Duration = Duration::from_secs(30);
+    const GAP: Duration = Duration::from_secs(10);
+    /// For tests that jump in time without gaps mattering.
+    const NO_GAP: Duration = Duration::from_secs(3600);
 
     #[test]
     fn a_partition_is_stuck_once_records_wait_and_the_ledger_stays_put() {
         let t0 = Instant::now();
-        let mut w = Watchdog::new(AFTER);
+        let mut w = Watchdog::new(AFTER, NO_GAP);
         assert!(w.observe(t0, vec![view(0, 10, 20)]).is_empty());
         assert!(w
             .observe(t0 + Duration::from_secs(29), vec![view(0, 10, 25)])
@@ -251,7 +285,7 @@ mod tests {
     #[test]
     fn a_partition_that_moves_or_waits_for_nothing_is_never_stuck() {
         let t0 = Instant::now();
-        let mut w = Watchdog::new(AFTER);
+        let mut w = Watchdog::new(AFTER, NO_GAP);
         for s in 0..100 {
             let at = t0 + Duration::from_secs(s);
             // Partition 0 advances every round; partition 1 is idle at its log end.
@@ -265,9 +299,34 @@ mod tests {
     }
 
     #[test]
+    fn time_not_watched_or_spent_in_an_outage_is_not_waiting() {
+        let t0 = Instant::now();
+        let mut w = Watchdog::new(AFTER, GAP);
+        let round = |w: &mut Watchdog, at: u64| {
+            w.observe(t0 + Duration::from_secs(at), vec![view(0, 10, 20)])
+        };
+        round(&mut w, 0);
+        round(&mut w, 8);
+        // No round for 40 s (MySQL did not answer): the clock starts again at 48.
+        for at in (48..=73).step_by(5) {
+            assert!(round(&mut w, at).is_empty(), "at {at}");
+        }
+        let changes = round(&mut w, 78);
+        assert!(matches!(changes[..], [Change::Stuck { .. }]), "{changes:?}");
+        // A store outage: a suspended round clears the verdict quietly and restarts the clock.
+        w.suspend();
+        assert!(round(&mut w, 80).is_empty());
+        assert!(w.partitions().all(|p| !p.stuck));
+        for at in (85..=105).step_by(5) {
+            assert!(round(&mut w, at).is_empty(), "at {at}");
+        }
+        assert_eq!(round(&mut w, 110).len(), 1);
+    }
+
+    #[test]
     fn the_verdict_depends_on_who_holds_the_stuck_partitions() {
         let t0 = Instant::now();
-        let mut w = Watchdog::new(AFTER);
+        let mut w = Watchdog::new(AFTER, NO_GAP);
         let round = vec![view(0, 5, 9), view(1, 3, 3), view(2, 0, 4)];
         w.observe(t0, round.clone());
         w.observe(t0 + AFTER, round);
