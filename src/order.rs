@@ -11,7 +11,7 @@ use std::fmt;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Number;
+use serde_json::value::RawValue;
 
 /// Highest platform, product and customer id: the range of a signed 32-bit column.
 pub const MAX_DIMENSION_ID: i64 = i32::MAX as i64;
@@ -135,12 +135,14 @@ pub enum Reason {
     OutOfRange,
     BadTimestamp,
     UnknownPaymentMethod,
+    /// A required field given twice in one object: which value counts would be a guess.
+    DuplicateField,
     /// A store refused the record's data although validation accepted it (rule 10).
     StoreRejected,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Self::TooLarge,
         Self::InvalidUtf8,
         Self::NotJson,
@@ -150,6 +152,7 @@ impl Reason {
         Self::OutOfRange,
         Self::BadTimestamp,
         Self::UnknownPaymentMethod,
+        Self::DuplicateField,
         Self::StoreRejected,
     ];
 
@@ -164,6 +167,7 @@ impl Reason {
             Self::OutOfRange => "out_of_range",
             Self::BadTimestamp => "bad_timestamp",
             Self::UnknownPaymentMethod => "unknown_payment_method",
+            Self::DuplicateField => "duplicate_field",
             Self::StoreRejected => "store_rejected",
         }
     }
@@ -192,16 +196,24 @@ impl fmt::Display for Rejection {
 }
 
 /// The shape of a record, read leniently: unknown fields are ignored, and every required field
-/// is optional here so that a missing one can be named.
+/// is optional here so that a missing one can be named. Integers are kept as their JSON text:
+/// serde_json reads an integer literal beyond 64 bits, or `-0`, as a float, and the contract
+/// tells an integer out of range (`out_of_range`) from a number that is no integer
+/// (`wrong_type`) by how it is written.
 #[derive(Deserialize)]
 struct RawOrder<'a> {
-    order_id: Option<Number>,
+    #[serde(borrow)]
+    order_id: Option<&'a RawValue>,
     #[serde(borrow)]
     created_at: Option<Cow<'a, str>>,
-    platform_id: Option<Number>,
-    product_id: Option<Number>,
-    quantity: Option<Number>,
-    customer_id: Option<Number>,
+    #[serde(borrow)]
+    platform_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    product_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    quantity: Option<&'a RawValue>,
+    #[serde(borrow)]
+    customer_id: Option<&'a RawValue>,
     #[serde(borrow)]
     payment_method: Option<Cow<'a, str>>,
 }
@@ -230,11 +242,11 @@ pub fn decode(payload: &[u8], max_bytes: usize) -> Result<Order, Rejection> {
         Ok(raw) => validate(raw),
         // The typed read failed: find out why from the generic JSON value (slow path, only for
         // invalid records).
-        Err(_) => Err(classify(text)),
+        Err(typed) => Err(classify(text, &typed)),
     }
 }
 
-fn classify(text: &str) -> Rejection {
+fn classify(text: &str, typed: &serde_json::Error) -> Rejection {
     let value: serde_json::Value = match serde_json::from_str(text) {
         Ok(value) => value,
         Err(e) => return Rejection::new(Reason::NotJson, e.to_string()),
@@ -264,7 +276,19 @@ fn classify(text: &str) -> Rejection {
             }
         }
     }
-    Rejection::new(Reason::NotJson, "unreadable object")
+    // A well-formed object whose fields all have the right kind: serde refused a required key
+    // given twice ("duplicate field `order_id`").
+    if let Some(key) = typed
+        .to_string()
+        .strip_prefix("duplicate field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        return Rejection::new(
+            Reason::DuplicateField,
+            format!("{key} is given more than once"),
+        );
+    }
+    Rejection::new(Reason::NotJson, format!("unreadable object: {typed}"))
 }
 
 fn json_kind(value: &serde_json::Value) -> &'static str {
@@ -310,34 +334,54 @@ fn validate(raw: RawOrder<'_>) -> Result<Order, Rejection> {
     })
 }
 
-fn integer(field: &str, value: Option<Number>, min: i64, max: i64) -> Result<i64, Rejection> {
-    let number =
-        value.ok_or_else(|| Rejection::new(Reason::MissingField, format!("{field} is missing")))?;
-    if let Some(v) = number.as_i64() {
-        if (min..=max).contains(&v) {
-            return Ok(v);
-        }
+/// An integer field from its JSON text: an integer literal (digits, optionally after a minus
+/// sign) is in range or `out_of_range`, however long; anything else is `wrong_type`.
+fn integer(field: &str, value: Option<&RawValue>, min: i64, max: i64) -> Result<i64, Rejection> {
+    let text = value
+        .ok_or_else(|| Rejection::new(Reason::MissingField, format!("{field} is missing")))?
+        .get();
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        let got = match text.as_bytes().first() {
+            Some(b'"') => "a string".to_owned(),
+            Some(b'{') => "an object".to_owned(),
+            Some(b'[') => "an array".to_owned(),
+            Some(b't' | b'f') => "a boolean".to_owned(),
+            _ => text.to_owned(),
+        };
         return Err(Rejection::new(
-            Reason::OutOfRange,
-            format!("{field} = {v}, allowed {min}..={max}"),
+            Reason::WrongType,
+            format!("{field} must be an integer, got {got}"),
         ));
     }
-    if number.is_u64() {
-        return Err(Rejection::new(
+    match text.parse::<i64>() {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ => Err(Rejection::new(
             Reason::OutOfRange,
-            format!("{field} = {number}, allowed {min}..={max}"),
-        ));
+            format!("{field} = {text}, allowed {min}..={max}"),
+        )),
     }
-    Err(Rejection::new(
-        Reason::WrongType,
-        format!("{field} must be an integer, got {number}"),
-    ))
 }
 
 /// RFC 3339 (fractional seconds and offset optional in the sense of RFC 3339), or the tutorial's
 /// `YYYY-MM-DD HH:MM:SS` read as UTC; within [2000-01-01, 2100-01-01).
 fn parse_timestamp(text: &str) -> Result<i64, Rejection> {
-    let ms = if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
+    // chrono's parsers accept one-digit fields and a missing separator; the contract does not.
+    let shaped = |t: &[u8]| {
+        t.len() >= 19
+            && t[..19].iter().enumerate().all(|(i, b)| match i {
+                4 | 7 => *b == b'-',
+                10 => matches!(b, b'T' | b't' | b' '),
+                13 | 16 => *b == b':',
+                _ => b.is_ascii_digit(),
+            })
+    };
+    let ms = if !shaped(text.as_bytes()) {
+        return Err(Rejection::new(
+            Reason::BadTimestamp,
+            format!("created_at {text:?} is neither RFC 3339 nor YYYY-MM-DD HH:MM:SS"),
+        ));
+    } else if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
         dt.timestamp_millis()
     } else if let Ok(naive) = NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S") {
         naive.and_utc().timestamp_millis()
@@ -507,6 +551,54 @@ mod tests {
         assert!(decode(&with("order_id", serde_json::json!(i64::MAX)), LIMIT).is_ok());
         let over = br#"{"order_id":9223372036854775808,"created_at":"2024-05-01 10:00:00","platform_id":1,"product_id":1,"quantity":1,"customer_id":1,"payment_method":"paypal"}"#;
         assert_eq!(reason(over), Reason::OutOfRange);
+        // Integers beyond 64 bits are integers too, however serde_json would read them.
+        for huge in [
+            "18446744073709551616",
+            "1000000000000000000000000000000",
+            "-99999999999999999999",
+        ] {
+            let text = String::from_utf8(valid_json())
+                .unwrap()
+                .replace(":42,", &format!(":{huge},"));
+            let err = decode(text.as_bytes(), LIMIT).unwrap_err();
+            assert_eq!(err.reason, Reason::OutOfRange, "{huge}");
+            assert_eq!(
+                err.detail,
+                format!("order_id = {huge}, allowed 1..=9223372036854775807")
+            );
+        }
+    }
+
+    fn valid_json() -> Vec<u8> {
+        serde_json::to_vec(&valid()).unwrap()
+    }
+
+    #[test]
+    fn minus_zero_is_an_integer_out_of_range() {
+        let text = String::from_utf8(valid_json())
+            .unwrap()
+            .replace("\"quantity\":3", "\"quantity\":-0");
+        let err = decode(text.as_bytes(), LIMIT).unwrap_err();
+        assert_eq!(err.reason, Reason::OutOfRange);
+        assert_eq!(err.detail, "quantity = -0, allowed 1..=10000");
+        let float = text.replace("\"quantity\":-0", "\"quantity\":-0.0");
+        assert_eq!(reason(float.as_bytes()), Reason::WrongType);
+    }
+
+    #[test]
+    fn a_required_key_given_twice_is_named() {
+        let text = String::from_utf8(valid_json())
+            .unwrap()
+            .replacen('{', "{\"quantity\":5,", 1);
+        let err = decode(text.as_bytes(), LIMIT).unwrap_err();
+        assert_eq!(err.reason, Reason::DuplicateField);
+        assert_eq!(err.detail, "quantity is given more than once");
+        // An unknown key twice is ignored, like any unknown key.
+        let text =
+            String::from_utf8(valid_json())
+                .unwrap()
+                .replacen('{', "{\"note\":1,\"note\":2,", 1);
+        assert!(decode(text.as_bytes(), LIMIT).is_ok());
     }
 
     #[test]
@@ -575,6 +667,10 @@ mod tests {
             "2024-05-01",
             "2024-13-01 10:00:00",
             "2024-05-01T25:00:00Z",
+            "2024-5-1 1:2:3",
+            "2024-05-0110:20:30",
+            "2024-05-01 10:20:30 ",
+            "2024-05-01T1:02:03Z",
         ] {
             assert_eq!(
                 decode(&with("created_at", serde_json::json!(bad)), LIMIT)
