@@ -23,6 +23,11 @@ use crate::olap::OlapStore;
 use crate::supervisor::{retry_backoff, Drain, Pipeline, Stores};
 use crate::telemetry::{self, Health};
 
+/// A command-line argument that cannot work; the process exits 64 (sysexits' EX_USAGE).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// `migrate`: topics, Cassandra keyspace and table, MySQL schema and seeds. Idempotent; runs
 /// under a MySQL named lock so concurrent runs serialize.
 pub async fn migrate(cfg: &Config) -> anyhow::Result<()> {
@@ -245,11 +250,15 @@ pub async fn run(
 }
 
 /// `produce`: the producer alone; with a count, exits 0 once every order is acknowledged.
-pub async fn produce(cfg: Config, rate: u32, count: u64) -> anyhow::Result<i32> {
+pub async fn produce(mut cfg: Config, rate: u32, count: u64) -> anyhow::Result<i32> {
     let mut shutdown = crate::Shutdown::listen();
     let health = Arc::new(Health::default());
     health.progress();
+    if cfg.http.listen == crate::config::DEFAULT_LISTEN {
+        cfg.http.listen = crate::config::PRODUCER_DEFAULT_LISTEN.into();
+    }
     start_http(&cfg, health.clone()).await?;
+    let started = std::time::Instant::now();
     let pool = mysql::connect(&cfg.mysql).await?;
     wait_for(
         &cfg,
@@ -266,7 +275,11 @@ pub async fn produce(cfg: Config, rate: u32, count: u64) -> anyhow::Result<i32> 
         acked = rx => {
             let acked = acked.unwrap_or(0);
             tracing::info!(acked, "all orders acknowledged");
-            println!("produced {acked} orders");
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "produced {acked} orders in {seconds:.1} s ({:.0} orders/s)",
+                acked as f64 / seconds.max(0.001)
+            );
         }
         _ = shutdown.requested() => {
             let _ = producer.send(crate::actors::Halt).await;

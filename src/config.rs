@@ -311,18 +311,27 @@ impl Default for ProducerConfig {
     }
 }
 
+/// Where `run` serves the operations port unless told otherwise: loopback, so that metrics and
+/// health are not exposed on every interface of a host (the container image listens on
+/// 0.0.0.0).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9898";
+/// Where `produce` serves its operations port while `http.listen` is left at its default, so that
+/// it can run beside a pipeline on one host.
+pub const PRODUCER_DEFAULT_LISTEN: &str = "127.0.0.1:9899";
+
 /// The operations HTTP port.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Listen address of /metrics, /healthz and /readyz; empty disables the port.
+    /// Listen address of /metrics, /healthz and /readyz; empty disables the port. `produce`
+    /// listens on 127.0.0.1:9899 while this is left at its default, 127.0.0.1:9898.
     pub listen: String,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            listen: "0.0.0.0:9898".into(),
+            listen: DEFAULT_LISTEN.into(),
         }
     }
 }
@@ -643,8 +652,17 @@ fn set(table: &mut toml::Table, key: &str, raw: &str, source: &str) -> Result<()
     let last = parts[parts.len() - 1].to_owned();
     // A string field given a value that looks like a number (a password "1234") must stay a
     // string: keep the type of what is already there when it was a string.
+    // A list may also be written the way other tools take it, `a,b`, and not only as TOML's
+    // `["a", "b"]`.
     let value = match (node.get(&last), value) {
         (Some(toml::Value::String(_)), v) if !v.is_str() => toml::Value::String(raw.to_owned()),
+        (Some(toml::Value::Array(_)), toml::Value::String(text)) => toml::Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| toml::Value::String(item.to_owned()))
+                .collect(),
+        ),
         (_, v) => v,
     };
     node.insert(last, value);
@@ -775,6 +793,35 @@ mod tests {
         let c = Config::load(None, vec![], &[]).unwrap();
         assert_eq!(c.kafka.topic, "orders");
         assert_eq!(c.pipeline.max_wait_ms, 200);
+    }
+
+    #[test]
+    fn a_list_from_the_environment_may_be_comma_separated() {
+        for raw in ["a:9042, b:9042", r#"["a:9042", "b:9042"]"#] {
+            let c = Config::load(
+                None,
+                env(&[("ORDERSTREAM__CASSANDRA__CONTACT_POINTS", raw)]),
+                &[],
+            )
+            .unwrap();
+            assert_eq!(
+                c.cassandra.contact_points,
+                vec!["a:9042", "b:9042"],
+                "{raw}"
+            );
+        }
+        let c = Config::load(
+            None,
+            env(&[("ORDERSTREAM__CASSANDRA__CONTACT_POINTS", "127.0.0.1:9042")]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.cassandra.contact_points, vec!["127.0.0.1:9042"]);
+    }
+
+    #[test]
+    fn the_operations_port_is_on_loopback_by_default() {
+        assert_eq!(Config::default().http.listen, "127.0.0.1:9898");
     }
 
     #[test]

@@ -176,6 +176,18 @@ pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<i32> {
 
 /// Opens the SQLite store, migrates it and refuses one that holds another run's data.
 async fn open_olap(path: Option<&Path>, topic: &str) -> anyhow::Result<OlapStore> {
+    if let Some(dir) = path.and_then(Path::parent) {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            return Err(app::UsageError(format!(
+                "--sqlite {}: the directory {} does not exist",
+                path.map(Path::display)
+                    .map(|d| d.to_string())
+                    .unwrap_or_default(),
+                dir.display()
+            ))
+            .into());
+        }
+    }
     let pool = sqlite::connect(path).await.with_context(|| match path {
         Some(p) => format!("opening sqlite file {}", p.display()),
         None => "opening the in-memory sqlite database".into(),

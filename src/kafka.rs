@@ -25,6 +25,13 @@ pub enum KafkaError {
     CreateTopic { topic: String, code: String },
     #[error("kafka topic {0} does not exist: run `orderstream migrate` first")]
     MissingTopic(String),
+    #[error("the kafka broker at {brokers} did not answer within {seconds} s")]
+    Unreachable { brokers: String, seconds: u64 },
+    #[error("creating topics at {brokers}: {source}")]
+    Admin {
+        brokers: String,
+        source: rdkafka::error::KafkaError,
+    },
     #[error("reading topic {topic} timed out; unread (partition, end offset): {missing:?}")]
     ReadTimeout {
         topic: String,
@@ -99,6 +106,7 @@ fn admin(cfg: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, KafkaEr
 /// Topics that exist already are left alone, so a deployment may create them itself (a broker
 /// without CreateTopics, like librdkafka's mock cluster, or a user without that ACL).
 pub async fn create_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
+    wait_for_broker(cfg).await?;
     let wanted = vec![
         (cfg.topic.clone(), cfg.partitions),
         (cfg.dead_letter_topic.clone(), cfg.partitions.clamp(1, 3)),
@@ -130,7 +138,14 @@ pub async fn create_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_millis(u64::from(
         cfg.request_timeout_ms,
     ))));
-    for result in admin.create_topics(&topics, &options).await? {
+    let created = admin
+        .create_topics(&topics, &options)
+        .await
+        .map_err(|source| KafkaError::Admin {
+            brokers: cfg.brokers.clone(),
+            source,
+        })?;
+    for result in created {
         match result {
             Ok(_) => {}
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -143,6 +158,38 @@ pub async fn create_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
         }
     }
     Ok(())
+}
+
+/// Waits until the broker answers a metadata request, saying so while it waits; gives up after
+/// six request timeouts (a minute by default), naming the broker.
+async fn wait_for_broker(cfg: &KafkaConfig) -> Result<(), KafkaError> {
+    let started = std::time::Instant::now();
+    let budget = Duration::from_millis(u64::from(cfg.request_timeout_ms)) * 6;
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .create()?;
+    let client = std::sync::Arc::new(client);
+    let attempt = Duration::from_millis(u64::from(cfg.request_timeout_ms)).min(budget / 2);
+    loop {
+        let probe = client.clone();
+        let answered = tokio::task::spawn_blocking(move || probe.fetch_metadata(None, attempt))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if answered {
+            return Ok(());
+        }
+        if started.elapsed() >= budget {
+            return Err(KafkaError::Unreachable {
+                brokers: cfg.brokers.clone(),
+                seconds: started.elapsed().as_secs(),
+            });
+        }
+        tracing::warn!(
+            brokers = %cfg.brokers,
+            waited_s = started.elapsed().as_secs(),
+            "waiting for the kafka broker to answer"
+        );
+    }
 }
 
 /// Partition count of a topic, or `MissingTopic`. Blocking: call from `spawn_blocking`.

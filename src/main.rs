@@ -3,9 +3,17 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
+use std::io::IsTerminal as _;
+
 use clap::{Parser, Subcommand};
 use orderstream::config::Config;
+
+/// The highest `producer.rate_per_sec`: in effect, as fast as the broker accepts.
+const MAX_RATE: u32 = 10_000_000;
+/// sysexits(3): the command line was used wrongly.
+const EXIT_USAGE: i32 = 64;
+/// sysexits(3): the configuration is invalid.
+const EXIT_CONFIG: i32 = 78;
 
 #[derive(Parser)]
 #[command(
@@ -55,9 +63,11 @@ enum Command {
         #[arg(long)]
         migrate: bool,
     },
-    /// Publish simulated orders.
+    /// Publish simulated orders. Serves its operations port on 127.0.0.1:9899 while
+    /// `http.listen` is left at its default (so that it runs beside `run` on one host).
     Produce {
-        /// Orders per second.
+        /// Orders per second (default `producer.rate_per_sec`; with `--count` and no rate: as
+        /// fast as the broker accepts).
         #[arg(long)]
         rate: Option<u32>,
         /// Stop after this many acknowledged orders.
@@ -98,7 +108,15 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are answers, not errors; everything else is a usage error.
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
     // The demo's terminal belongs to its summary: only warnings, and none from the embedded
     // stand-ins (the CQL emulator and the driver's complaints about its missing cluster tables).
     let default_filter = match cli.command {
@@ -111,6 +129,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: log files and collectors get plain text.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     // A panic must never leave a zombie: log it and exit, so the supervisor above us restarts.
     let default_hook = std::panic::take_hook();
@@ -128,10 +148,15 @@ fn main() -> anyhow::Result<()> {
         }
     }
     for item in &cli.overrides {
-        let (k, v) = item
-            .split_once('=')
-            .with_context(|| format!("--set {item}: expected KEY=VALUE"))?;
+        let Some((k, v)) = item.split_once('=') else {
+            eprintln!("orderstream: --set {item}: expected KEY=VALUE");
+            std::process::exit(EXIT_CONFIG);
+        };
         overrides.push((k.trim().to_owned(), v.to_owned()));
+    }
+    if let Command::Demo { rate, .. } = &cli.command {
+        // Through the configuration, so that `demo --rate 0` is refused as `produce --rate 0` is.
+        overrides.push(("producer.rate_per_sec".into(), rate.to_string()));
     }
     if let Command::Produce {
         rate: Some(rate), ..
@@ -140,10 +165,15 @@ fn main() -> anyhow::Result<()> {
         overrides.push(("producer.rate_per_sec".into(), rate.to_string()));
     }
     if let Command::Produce {
-        count: Some(count), ..
+        count: Some(count),
+        rate,
     } = &cli.command
     {
         overrides.push(("producer.count".into(), count.to_string()));
+        if rate.is_none() {
+            // A count and no rate: publish as fast as the broker takes the orders.
+            overrides.push(("producer.rate_per_sec".into(), MAX_RATE.to_string()));
+        }
     }
     if let Command::CqlEmulator { listen, state } = &cli.command {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -156,7 +186,7 @@ fn main() -> anyhow::Result<()> {
         Ok(config) => config,
         Err(e) => {
             eprintln!("orderstream: {e}");
-            std::process::exit(78);
+            std::process::exit(EXIT_CONFIG);
         }
     };
 
@@ -183,14 +213,14 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Healthcheck => orderstream::app::healthcheck(&config).await,
             Command::Demo {
-                rate,
+                rate: _,
                 seconds,
                 sqlite,
                 summary_every_s,
                 invalid_every,
             } => {
                 let options = orderstream::demo::DemoOptions {
-                    rate_per_sec: rate,
+                    rate_per_sec: config.producer.rate_per_sec,
                     seconds,
                     sqlite,
                     summary_every: std::time::Duration::from_secs(summary_every_s.max(1)),
@@ -222,6 +252,10 @@ fn main() -> anyhow::Result<()> {
     // that matters is committed by now.
     let code = match code {
         Ok(code) => code,
+        Err(e) if e.downcast_ref::<orderstream::app::UsageError>().is_some() => {
+            eprintln!("orderstream: {e}");
+            EXIT_USAGE
+        }
         Err(e) => {
             eprintln!("orderstream: {e:#}");
             1

@@ -451,3 +451,36 @@ pub async fn sales_today_by_category(
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
         .collect()
 }
+
+#[cfg(test)]
+mod schema_tests {
+    /// Table and view names created by a schema file.
+    fn objects(schema: &str) -> std::collections::BTreeSet<String> {
+        schema
+            .lines()
+            .filter_map(|line| {
+                let upper = line.to_ascii_uppercase();
+                let at = upper
+                    .find(" TABLE IF NOT EXISTS ")
+                    .map(|i| i + 21)
+                    .or_else(|| upper.find(" VIEW ").map(|i| i + 6))?;
+                line.starts_with("CREATE")
+                    .then(|| {
+                        line[at..]
+                            .split(|c: char| !c.is_alphanumeric() && c != '_')
+                            .next()
+                    })
+                    .flatten()
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_demo_store_has_every_table_and_view_of_mysql_but_the_producer_leases() {
+        let mut mysql = objects(include_str!("schema/mysql.sql"));
+        assert!(mysql.remove("producer_leases"));
+        assert_eq!(objects(super::SCHEMA), mysql);
+        assert_eq!(mysql.len(), 9, "{mysql:?}");
+    }
+}

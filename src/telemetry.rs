@@ -223,6 +223,7 @@ fn describe() {
         PRODUCER_ORDERS,
         PRODUCER_ERRORS,
         CONSUMER_COMMIT_FAILURES,
+        CONSUMER_RECORDS,
         CONSUMER_RELEASED,
         WATCHDOG_STUCK,
     ] {

@@ -105,6 +105,21 @@ async fn the_demo_runs_alone_and_its_audit_is_exact() {
     let ledger = store.read_ledger("orders").await.unwrap();
     assert_eq!(ledger.len(), 16);
     assert_eq!(ledger.values().sum::<i64>() as u64, records);
+    // The last summary's "produced" counts every record the topic holds: the producer waited for
+    // the broker's answers before it stopped.
+    let last = out
+        .lines()
+        .filter_map(|l| l.split("] produced ").nth(1))
+        .last()
+        .unwrap();
+    let produced: u64 = last
+        .split(' ')
+        .next()
+        .unwrap()
+        .replace(',', "")
+        .parse()
+        .unwrap();
+    assert_eq!(produced, records, "last summary: {last}");
     let aggregates = store.read_aggregates().await.unwrap();
     let counted: i64 = aggregates.daily.values().map(|t| t.order_count).sum();
     let per_minute: i64 = aggregates.per_minute.values().map(|t| t.order_count).sum();

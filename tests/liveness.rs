@@ -19,6 +19,32 @@ use crate::common::{self, Env, Names, Proc};
 const RESUME_WITHIN: Duration = Duration::from_secs(90);
 const REPETITIONS: usize = 5;
 
+/// The servers, with the group timeouts and the watchdog at their defaults (session 10 s,
+/// rebalance 30 s, stuck after 60 s): with these, tansu 0.6 hands a member started right after
+/// a SIGKILL an empty assignment (the harness's shorter timeouts let tansu expire the dead
+/// member first).
+fn env_with_default_timeouts() -> Env {
+    let mut env = Env::start();
+    let defaults = orderstream::config::Config::default();
+    for (key, value) in [
+        (
+            "KAFKA__SESSION_TIMEOUT_MS",
+            defaults.kafka.session_timeout_ms.to_string(),
+        ),
+        (
+            "KAFKA__MAX_POLL_INTERVAL_MS",
+            defaults.kafka.max_poll_interval_ms.to_string(),
+        ),
+        (
+            "PIPELINE__STUCK_AFTER_MS",
+            defaults.pipeline.stuck_after_ms.to_string(),
+        ),
+    ] {
+        env.extra_vars.push((key.to_owned(), value));
+    }
+    env
+}
+
 async fn applied(env: &Env, partitions: i32) -> i64 {
     common::applied(&env.mysql(partitions).await, &env.names.topic).await
 }
@@ -50,7 +76,7 @@ fn assert_reconcile_exact(env: &Env, partitions: i32, rep: usize) {
 async fn the_only_instance_sigkilled_and_restarted_at_once_resumes_by_itself() {
     let _heavy = common::heavy();
     const PARTITIONS: i32 = 4;
-    let env = Env::start();
+    let env = env_with_default_timeouts();
     env.migrate(PARTITIONS);
     let mut run = env.spawn(PARTITIONS, &["run", "--set", "pipeline.max_orders=500"]);
     let mut figures = Vec::new();
@@ -110,7 +136,7 @@ async fn the_only_instance_sigkilled_and_restarted_at_once_resumes_by_itself() {
 async fn two_instances_one_sigkilled_the_survivor_takes_every_partition() {
     let _heavy = common::heavy();
     const PARTITIONS: i32 = 4;
-    let env = Env::start();
+    let env = env_with_default_timeouts();
     env.migrate(PARTITIONS);
     let port_b = common::free_port();
     let listen_b = format!("127.0.0.1:{port_b}");

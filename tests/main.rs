@@ -9,6 +9,7 @@ mod common;
 
 mod aggregator;
 mod chaos;
+mod cli;
 mod dead_letters;
 mod demo;
 mod liveness;

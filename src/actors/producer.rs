@@ -45,7 +45,12 @@ pub struct OrderProducer {
     acked_seen: u64,
     /// Every this many records is made invalid on purpose (0: never; the demo's dead letters).
     invalid_every: u64,
+    /// Halt was asked for: nothing more is sent (see the `Halt` handler).
+    halting: bool,
 }
+
+/// Longest wait of a halting producer for the broker's answers to what it has sent.
+const HALT_WAIT: Duration = Duration::from_secs(10);
 
 impl OrderProducer {
     pub fn new(
@@ -73,6 +78,7 @@ impl OrderProducer {
             health,
             acked_seen: 0,
             invalid_every: 0,
+            halting: false,
         }
     }
 
@@ -83,6 +89,9 @@ impl OrderProducer {
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.halting {
+            return;
+        }
         let acked = self.acked.load(Ordering::Relaxed);
         if acked > self.acked_seen {
             self.acked_seen = acked;
@@ -173,9 +182,22 @@ impl Actor for OrderProducer {
     }
 }
 
+/// Stops publishing, then waits (up to `HALT_WAIT`) for the broker's answers to what was sent
+/// before stopping: stopping at once dropped them, and orders the topic holds went uncounted in
+/// `orderstream_producer_orders_total`.
 impl Handler<Halt> for OrderProducer {
-    type Result = ();
-    fn handle(&mut self, _: Halt, ctx: &mut Self::Context) {
-        ctx.stop();
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, _: Halt, _: &mut Self::Context) -> Self::Result {
+        self.halting = true;
+        let (sent, acked, failed) = (self.sent, self.acked.clone(), self.failed.clone());
+        let answered = async move {
+            let deadline = Instant::now() + HALT_WAIT;
+            while acked.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < sent
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        Box::pin(answered.into_actor(self).map(|(), _, ctx| ctx.stop()))
     }
 }

@@ -1,6 +1,6 @@
 -- orderstream SQLite schema: the OLAP store of `orderstream demo` (and of anyone who wants the
 -- pipeline without a MySQL server). The same tables, keys and views as mysql.sql, in SQLite's
--- spelling; the seeds come from seeds.sql. Every statement is safe to repeat. Same statement
+-- spelling, but for producer_leases (the demo's one producer has its id node to itself); the seeds come from seeds.sql. Every statement is safe to repeat. Same statement
 -- rules as mysql.sql: no semicolons inside statements.
 --
 -- Dates are TEXT as sqlx writes them ('YYYY-MM-DD', 'YYYY-MM-DD HH:MM:SS'), so keys compare and

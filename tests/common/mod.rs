@@ -866,6 +866,26 @@ pub fn invalid_payloads() -> Vec<(Vec<u8>, &'static str)> {
             "out_of_range",
         ),
         (valid("created_at", "\"last tuesday\""), "bad_timestamp"),
+        (valid("created_at", "\"2024-5-1 1:2:3\""), "bad_timestamp"),
+        (
+            valid("created_at", "\"2024-05-0110:20:30\""),
+            "bad_timestamp",
+        ),
+        (valid("order_id", "18446744073709551616"), "out_of_range"),
+        (
+            valid("order_id", "1000000000000000000000000000000"),
+            "out_of_range",
+        ),
+        (valid("quantity", "-0"), "out_of_range"),
+        (
+            {
+                let mut twice = valid("quantity", "3");
+                twice.pop();
+                twice.extend_from_slice(b",\"quantity\":4}");
+                twice
+            },
+            "duplicate_field",
+        ),
         (b"{\"order_id\": \"\xff\xfe\"}".to_vec(), "invalid_utf8"),
         (huge, "too_large"),
     ]
