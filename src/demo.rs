@@ -39,13 +39,10 @@ use crate::{app, emulator, kafka, reconcile, sqlite, topic_reader};
 
 /// Settings the demo uses unless `--set` says otherwise: more partitions than the default, so
 /// the in-memory topic holds more orders (see [`ORDERS_PER_PARTITION`]), a smaller prefetch so
-/// the worst-case memory still fits the budget, the operations port on loopback only, and no
-/// schema-agreement wait (the emulator cannot answer it).
-pub const DEFAULTS: [(&str, &str); 4] = [
+/// the worst-case memory still fits the budget.
+pub const DEFAULTS: [(&str, &str); 2] = [
     ("kafka.partitions", "16"),
     ("kafka.queued_max_messages_kbytes", "4096"),
-    ("http.listen", "127.0.0.1:9898"),
-    ("cassandra.await_schema_agreement", "false"),
 ];
 
 /// Orders the producer publishes per partition at most. The mock broker keeps 5 MiB per

@@ -147,6 +147,10 @@ fn query_id(text: &str) -> u128 {
 const WRITE_GROUP: usize = 32;
 
 async fn client(shared: Shared, mut stream: TcpStream) {
+    // The node presents itself at the address the client reached it on.
+    let Ok(node) = stream.local_addr() else {
+        return;
+    };
     let (mut read, mut write) = stream.split();
     let mut requests = request_stream(&mut read);
     // Answers are encoded one by one (kassandra's encoder overwrites whatever its buffer holds,
@@ -172,18 +176,22 @@ async fn client(shared: Shared, mut stream: TcpStream) {
         let Some(Ok((params, opcode, data))) = next else {
             break;
         };
-        let response = match Request::deserialize(opcode, &data, params.flags) {
-            Ok(Request::Prepare(query)) if opcode == RequestOpcode::Prepare => {
-                let text = kassandra::frame::parse::long_string(&data)
-                    .map(|(_, text)| text.to_owned())
-                    .unwrap_or_default();
-                with_session(&shared, |s| s.prepare_with_id(query, query_id(&text)))
-            }
-            Ok(request) => handle(&shared, request),
-            Err(_) => Response::Error(CqlError::new(
-                DbError::ProtocolError,
-                "error parsing request",
-            )),
+        let system = crate::emulator_system::answer(opcode, &data, node, &shared);
+        let response = match system {
+            Some(response) => response,
+            None => match Request::deserialize(opcode, &data, params.flags) {
+                Ok(Request::Prepare(query)) if opcode == RequestOpcode::Prepare => {
+                    let text = kassandra::frame::parse::long_string(&data)
+                        .map(|(_, text)| text.to_owned())
+                        .unwrap_or_default();
+                    with_session(&shared, |s| s.prepare_with_id(query, query_id(&text)))
+                }
+                Ok(request) => handle(&shared, request),
+                Err(_) => Response::Error(CqlError::new(
+                    DbError::ProtocolError,
+                    "error parsing request",
+                )),
+            },
         };
         frame.clear();
         if ResponseFrameCodec

@@ -36,6 +36,7 @@
 //! - `telemetry`   — metric names, the Prometheus recorder, /metrics /healthz /readyz
 //! - `app`         — the commands (run, produce, migrate, config, healthcheck)
 //! - `emulator`    — a CQL server around the kassandra emulator, for tests and demos
+//! - `emulator_system` — the emulator's answers to the driver's system and schema queries
 //! - `demo`        — `orderstream demo`: the whole system in one process, nothing installed
 //! - `failpoints`  — fault injection for the chaos tests (feature `failpoints`)
 
@@ -52,6 +53,7 @@ pub mod cassandra;
 pub mod config;
 pub mod demo;
 pub mod emulator;
+mod emulator_system;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
 pub mod kafka;

@@ -264,6 +264,7 @@ async fn mariadb_killed_mid_run_and_restarted_10s_later() {
 async fn cql_frozen_30s_then_resumed_and_restarted() {
     let _heavy = common::heavy();
     let mut chaos = Chaos::start(3, 30_000).await;
+    chaos.env.driver_errors_expected = true;
     let run = chaos.run();
     chaos.wait_applied(5_000).await;
     let cql = chaos.env.cql.proc.as_ref().unwrap();
@@ -389,9 +390,12 @@ async fn two_instances_one_killed_then_one_frozen_while_its_partitions_move() {
 async fn memory_stays_bounded_while_cql_is_frozen_under_5000_per_s() {
     let _heavy = common::heavy();
     let mut chaos = Chaos::start(3, 3_000).await;
+    chaos.env.driver_errors_expected = true;
     chaos.env.extra_vars.extend([
         ("KAFKA__SESSION_TIMEOUT_MS".into(), "30000".into()),
         ("KAFKA__MAX_POLL_INTERVAL_MS".into(), "30000".into()),
+        // The shortest the watchdog allows with these timeouts.
+        ("PIPELINE__STUCK_AFTER_MS".into(), "90000".into()),
     ]);
     let run = chaos.run();
     chaos.wait_applied(1_000).await;
@@ -437,7 +441,8 @@ async fn memory_stays_bounded_while_cql_is_frozen_under_5000_per_s() {
 #[tokio::test(flavor = "multi_thread")]
 async fn latency_and_dropped_connections_to_each_store() {
     let _heavy = common::heavy();
-    let chaos = Chaos::start(3, 3_000).await;
+    let mut chaos = Chaos::start(3, 3_000).await;
+    chaos.env.driver_errors_expected = true;
     let cql = FaultProxy::start(chaos.env.cql.port).await;
     let sql = FaultProxy::start(chaos.env.mariadb.port).await;
     let contact = format!("[\"127.0.0.1:{}\"]", cql.port);

@@ -356,6 +356,9 @@ pub struct Env {
     pub http_port: u16,
     /// More settings for every process (`SECTION__KEY`, value), after the defaults above.
     pub extra_vars: Vec<(String, String)>,
+    /// The test stops or disturbs the CQL server, so the driver's ERROR lines are expected;
+    /// otherwise any ERROR line from the driver fails the test (see `Drop`).
+    pub driver_errors_expected: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -403,6 +406,7 @@ impl Env {
             http_port: free_port(),
             root,
             extra_vars: Vec::new(),
+            driver_errors_expected: false,
         }
     }
 
@@ -422,7 +426,6 @@ impl Env {
                 format!("[\"127.0.0.1:{}\"]", self.cql.port),
             ),
             ("CASSANDRA__KEYSPACE", n.keyspace.clone()),
-            ("CASSANDRA__AWAIT_SCHEMA_AGREEMENT", "false".into()),
             ("MYSQL__PORT", self.mariadb.port.to_string()),
             ("MYSQL__USER", "root".into()),
             ("MYSQL__DATABASE", n.database.clone()),
@@ -480,16 +483,18 @@ impl Env {
         extra: &[(&str, &str)],
     ) -> Proc {
         let file = std::fs::File::create(log).unwrap();
-        let child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        // The binary's own default log filter, as users run it, unless a test run asks for
+        // another with ORDERSTREAM_TEST_LOG.
+        match std::env::var("ORDERSTREAM_TEST_LOG") {
+            Ok(filter) => command.env("RUST_LOG", filter),
+            Err(_) => command.env_remove("RUST_LOG"),
+        };
+        let child = command
             .args(args)
             .envs(self.vars(partitions))
             .envs(Self::port_of(args))
             .envs(extra.iter().copied())
-            .env(
-                "RUST_LOG",
-                std::env::var("ORDERSTREAM_TEST_LOG")
-                    .unwrap_or_else(|_| "info,scylla=off,sqlx=warn,rdkafka=warn".into()),
-            )
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -567,6 +572,7 @@ pub use orderstream::topic_reader::TopicRecord;
 impl Drop for Env {
     fn drop(&mut self) {
         if !std::thread::panicking() {
+            self.fail_on_driver_errors();
             return;
         }
         let mut logs: Vec<PathBuf> = Vec::new();
@@ -601,6 +607,34 @@ impl Drop for Env {
                 tail.join("\n")
             );
         }
+    }
+}
+
+impl Env {
+    /// Fails the test on any ERROR line of the CQL driver in a log of this test's processes:
+    /// against a healthy CQL server the driver has nothing to complain about.
+    fn fail_on_driver_errors(&self) {
+        if self.driver_errors_expected {
+            return;
+        }
+        let mut errors = Vec::new();
+        for entry in std::fs::read_dir(self.root.path()).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "log") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            errors.extend(
+                text.lines()
+                    .filter(|l| l.contains(" ERROR ") && l.contains("scylla"))
+                    .map(|l| format!("{}: {l}", path.display())),
+            );
+        }
+        assert!(
+            errors.is_empty(),
+            "the CQL driver logged errors against a healthy server:\n{}",
+            errors.join("\n")
+        );
     }
 }
 
