@@ -39,8 +39,8 @@ impl Record {
         }
     }
 
-    /// Turns an order a store refused into an invalid record (DESIGN rule 10). Valid records do
-    /// not keep their original bytes, so the dead letter carries the order re-encoded.
+    /// Turns an order a store refused into an invalid record (docs/DESIGN.md, rule 10). Valid
+    /// records do not keep their original bytes, so the dead letter carries the order re-encoded.
     pub fn reject(&mut self, reason: Reason, detail: String) {
         if let Content::Valid(order) = &self.content {
             let payload = order.to_json();

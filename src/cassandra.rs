@@ -1,9 +1,9 @@
 //! The Cassandra / ScyllaDB side: session, schema, the idempotent insert and a paged read-back.
 //!
 //! The production write path is individual prepared, token-aware, idempotent `INSERT`s keyed by
-//! `order_id` (DESIGN rule 5): a replayed insert rewrites the same row with the same values. No
-//! counters, `now()`, list appends or multi-partition batches. Reads for audits page through the
-//! whole table instead of `count(*)` or `IN`, which real clusters do badly.
+//! `order_id` (docs/DESIGN.md, rule 5): a replayed insert rewrites the same row with the same
+//! values. No counters, `now()`, list appends or multi-partition batches. Reads for audits page
+//! through the whole table instead of `count(*)` or `IN`, which real clusters do badly.
 
 use std::time::Duration;
 
@@ -141,7 +141,8 @@ impl CassandraStore {
     }
 
     /// Removes one order: the compensation when MySQL refuses an order that Cassandra already
-    /// holds (DESIGN rule 10), so a dead-lettered record is in neither store. Safe to repeat.
+    /// holds (docs/DESIGN.md, rule 10), so a dead-lettered record is in neither store. Safe to
+    /// repeat.
     pub async fn delete(&self, order_id: i64) -> Result<(), CassandraError> {
         self.session
             .execute_unpaged(&self.delete, (order_id,))

@@ -159,8 +159,8 @@ pub struct CassandraConfig {
     /// Consistency of writes: one, local_one, quorum, local_quorum, all.
     pub consistency: String,
     /// Inserts in flight at once, across all batches. Deep queues are what a CQL connection
-    /// needs to reach its throughput (the benchmark: 64 in flight drained at about 65k/s, 512 at
-    /// about 85k/s on the emulator); each costs about 0.1 MiB of driver buffers.
+    /// needs to reach its throughput (on the emulator, 64 in flight drain at about 65k/s, 512 at
+    /// about 85k/s; docs/PERFORMANCE.md); each costs about 0.1 MiB of driver buffers.
     pub concurrency: usize,
     /// Timeout of one request.
     pub request_timeout_ms: u64,
@@ -227,9 +227,9 @@ impl Default for MysqlConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Cut a batch at this many records. Each batch costs one MySQL transaction and one Kafka
-    /// offset commit: 5,000 instead of 2,000 took MariaDB from 12% to 6% of a core and the
-    /// drain from about 28.6 to 25.7 µs of CPU per order (benchmark, mock cluster). At low
-    /// rates `max_wait_ms` cuts the batches first, so the latency does not change.
+    /// offset commit: at 5,000 rather than 2,000, MariaDB needs half the CPU during a drain and
+    /// the drain about 10% less CPU per order (docs/PERFORMANCE.md). At low rates `max_wait_ms`
+    /// cuts the batches first, so the latency does not depend on this.
     pub max_orders: usize,
     /// Cut a batch at this many payload bytes.
     pub max_bytes: usize,
@@ -257,10 +257,9 @@ pub struct PipelineConfig {
 
 impl PipelineConfig {
     /// The runtime's worker threads for `cores` cores. The default leaves the actors' thread a
-    /// core of its own: a worker per core on top of it cost CPU in work stealing and
-    /// cross-thread wake-ups, CPU the servers on the same machine could use (benchmark, mock
-    /// cluster, 2 cores: 2 workers against 1, pipeline CPU per order about 14% higher and the
-    /// drain about 5% slower, six drains each).
+    /// core of its own: a worker per core on top of it costs CPU in work stealing and
+    /// cross-thread wake-ups, CPU the servers on the same machine could use (on 2 cores, 2
+    /// workers instead of 1 raise the pipeline's CPU per order by about 14%).
     pub fn runtime_workers(&self, cores: usize) -> usize {
         match self.worker_threads {
             0 => cores.saturating_sub(1).max(1),

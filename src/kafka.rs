@@ -1,8 +1,8 @@
 //! Kafka client settings, topic administration and the consumer's rebalance hook.
 //!
-//! Settings follow DESIGN rule 1: no auto-commit, no auto offset store, `earliest` only where the
-//! ledger has no row, and explicitly bounded prefetch and producer queues (librdkafka's defaults
-//! are 64 MiB and 1 GiB). The producer is idempotent with `acks=all`.
+//! Settings follow docs/DESIGN.md, rule 1: no auto-commit, no auto offset store, `earliest` only
+//! where the ledger has no row, and explicitly bounded prefetch and producer queues (librdkafka's
+//! defaults are 64 MiB and 1 GiB). The producer is idempotent with `acks=all`.
 
 use std::time::Duration;
 
@@ -58,10 +58,10 @@ pub fn consumer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
             "queued.max.messages.kbytes",
             cfg.queued_max_messages_kbytes.to_string(),
         )
-        // Prefetch is bounded by queued.max.messages.kbytes alone. A low queued.min.messages
-        // (1,000 here before) or librdkafka's 1 s fetch.queue.backoff.ms left the consumer idle
-        // for a second after every fetch round once the queue filled: the pipeline drained in
-        // waves at a third of the broker's rate (found by the end-to-end benchmark).
+        // Prefetch is bounded by queued.max.messages.kbytes alone. A low queued.min.messages or
+        // librdkafka's 1 s fetch.queue.backoff.ms would leave the consumer idle for a second
+        // after every fetch round once the queue fills, so the pipeline would drain in waves at
+        // a third of the broker's rate.
         .set("queued.min.messages", "100000")
         .set("fetch.queue.backoff.ms", "10")
         .set("partition.assignment.strategy", "range,roundrobin")
@@ -218,8 +218,8 @@ pub enum AssignmentChange {
     Revoked(Vec<i32>),
 }
 
-/// The consumer context: new partitions start paused (DESIGN rule 2) and the actor is told, so
-/// that it can claim them in the ledger and seek there without blocking the poll loop.
+/// The consumer context: new partitions start paused (docs/DESIGN.md, rule 2) and the actor is
+/// told, so that it can claim them in the ledger and seek there without blocking the poll loop.
 pub struct LedgerContext {
     pub topic: String,
     pub changes: mpsc::Sender<AssignmentChange>,

@@ -1,4 +1,4 @@
-//! The dialect-free half of the batch transaction (DESIGN rule 4), shared by the MySQL and
+//! The dialect-free half of the batch transaction (docs/DESIGN.md, rule 4), shared by the MySQL and
 //! SQLite stores: given the locked ledger rows and a batch, decide what the batch may change.
 //!
 //! Pure functions over plain data, so both stores apply exactly the same rules; only how the
@@ -53,7 +53,8 @@ pub struct Plan {
     pub report: ApplyReport,
 }
 
-/// Drops replays and fenced records, stops each partition at its first hole (DESIGN rule 4).
+/// Drops replays and fenced records, stops each partition at its first hole
+/// (docs/DESIGN.md, rule 4).
 pub fn plan(ledger: &BTreeMap<i32, LedgerRow>, batch: &Batch) -> Plan {
     let mut report = ApplyReport::default();
     // Pass 1: per partition, how far this batch continues the ledger without a hole.
@@ -129,8 +130,8 @@ pub trait Probe {
     async fn probe(&mut self, indices: &[usize]) -> Result<Option<String>, Self::Error>;
 }
 
-/// Finds the orders a store refuses for their data (DESIGN rule 10). Returns (record index, the
-/// store's message).
+/// Finds the orders a store refuses for their data (docs/DESIGN.md, rule 10). Returns (record
+/// index, the store's message).
 ///
 /// A binary search over prefixes of `candidates` finds the shortest failing prefix; its last
 /// order is the offender (for constraints on cumulative values, it is the order that crossed the

@@ -12,7 +12,7 @@
 //!
 //! Every valid record is stored once in Cassandra and counted once in MySQL, whatever crashes:
 //! the MySQL offset ledger, advanced in the same transaction as the aggregates, says what has
-//! been applied (see `mysql.rs` and DESIGN.md, "Delivery guarantee").
+//! been applied (see `mysql.rs` and docs/DESIGN.md, "Delivery guarantee").
 //!
 //! Map of the crate:
 //! - `config`      — layered, documented, validated configuration
@@ -73,9 +73,9 @@ pub mod watchdog;
 /// SIGTERM and SIGINT, caught from the moment [`Shutdown::listen`] is called.
 ///
 /// Listen first thing: a signal that arrives before any handler exists kills the process with
-/// the default action (exit by signal, not 0). The recovery suite found that once startup got
-/// faster than its test, which sent SIGTERM to an instance still connecting to its stores. One
-/// listener for the whole run also means a signal that arrives between two waits is not lost.
+/// the default action (exit by signal, not 0), e.g. a SIGTERM sent to an instance that is still
+/// connecting to its stores. One listener for the whole run also means a signal that arrives
+/// between two waits is not lost.
 pub struct Shutdown {
     #[cfg(unix)]
     signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,

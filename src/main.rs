@@ -102,8 +102,8 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     // The CQL emulator (kassandra) builds an error for every partial frame it reads, and with
-    // RUST_BACKTRACE set each one captured a backtrace: 28% of the demo's CPU on a machine that
-    // sets it (measured with perf). Library backtraces are off unless asked for by name; panic
+    // RUST_BACKTRACE set each one would capture a backtrace: over a quarter of the demo's CPU on
+    // a machine that sets it. Library backtraces are off unless asked for by name; panic
     // backtraces still follow RUST_BACKTRACE. Set before any thread exists.
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");

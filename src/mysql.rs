@@ -3,8 +3,8 @@
 //! The ledger (`consumer_offsets`) is the source of truth for what has been applied. A batch is
 //! applied in ONE transaction that locks its partitions' ledger rows, drops replays and fenced
 //! records, folds the rest into the aggregates with `x = x + delta` upserts and advances the
-//! ledger (DESIGN rule 4). Retrying the whole transaction after any error is always safe: it
-//! re-reads the ledger, so a COMMIT whose outcome was unknown (rule 9) is either seen as applied
+//! ledger (docs/DESIGN.md, rule 4). Retrying the whole transaction after any error is always safe:
+//! it re-reads the ledger, so a COMMIT whose outcome was unknown (rule 9) is either seen as applied
 //! (its records are now below `next_offset`) or applied again exactly once.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -69,7 +69,8 @@ impl MysqlError {
     }
 
     /// The server refused the data itself (a value out of a column's range, a constraint):
-    /// retrying cannot help, the offending record is dead-lettered instead (DESIGN rule 10).
+    /// retrying cannot help, the offending record is dead-lettered instead
+    /// (docs/DESIGN.md, rule 10).
     pub fn is_data_rejection(&self) -> bool {
         // 1048 NULL in NOT NULL, 1264 out of range, 1292 bad datetime, 1366 bad value,
         // 1406 too long, 1452 foreign key, 1644 SIGNAL from a trigger, 1690 arithmetic out of
@@ -289,7 +290,8 @@ async fn lock_ledger(
     Ok(ledger)
 }
 
-/// Applies a batch in one transaction (DESIGN rule 4). The caller retries transient errors.
+/// Applies a batch in one transaction (docs/DESIGN.md, rule 4). The caller retries transient
+/// errors.
 pub async fn apply_batch(
     pool: &MySqlPool,
     topic: &str,
@@ -330,7 +332,7 @@ pub async fn apply_batch(
     Ok(report)
 }
 
-/// Finds the orders of a batch that MySQL refuses for their data (DESIGN rule 10), after
+/// Finds the orders of a batch that MySQL refuses for their data (docs/DESIGN.md, rule 10), after
 /// `apply_batch` failed with a data rejection. Returns (record index, the server's message).
 ///
 /// Works in one transaction that changes nothing: under the ledger locks, each probe writes the

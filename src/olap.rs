@@ -51,7 +51,7 @@ impl OlapError {
         }
     }
 
-    /// The store refused the data itself: dead-letter the record (DESIGN rule 10).
+    /// The store refused the data itself: dead-letter the record (docs/DESIGN.md, rule 10).
     pub fn is_data_rejection(&self) -> bool {
         match self {
             Self::Mysql(e) => e.is_data_rejection(),
@@ -69,7 +69,7 @@ impl OlapStore {
         }
     }
 
-    /// Claims a partition in the ledger (DESIGN rule 2).
+    /// Claims a partition in the ledger (docs/DESIGN.md, rule 2).
     pub async fn claim(
         &self,
         topic: &str,
@@ -83,7 +83,7 @@ impl OlapStore {
         })
     }
 
-    /// Applies a batch in one transaction (DESIGN rule 4).
+    /// Applies a batch in one transaction (docs/DESIGN.md, rule 4).
     pub async fn apply_batch(&self, topic: &str, batch: &Batch) -> Result<ApplyReport, OlapError> {
         Ok(match self {
             Self::Mysql(p) => mysql::apply_batch(p, topic, batch).await?,
@@ -91,7 +91,7 @@ impl OlapStore {
         })
     }
 
-    /// The orders of a batch the store refuses for their data (DESIGN rule 10).
+    /// The orders of a batch the store refuses for their data (docs/DESIGN.md, rule 10).
     pub async fn find_rejected(
         &self,
         topic: &str,

@@ -137,7 +137,8 @@ pub enum Reason {
     UnknownPaymentMethod,
     /// A required field given twice in one object: which value counts would be a guess.
     DuplicateField,
-    /// A store refused the record's data although validation accepted it (rule 10).
+    /// A store refused the record's data although validation accepted it (docs/DESIGN.md,
+    /// rule 10).
     StoreRejected,
 }
 

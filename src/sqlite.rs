@@ -59,7 +59,7 @@ impl SqliteError {
         }
     }
 
-    /// The database refused the data itself (DESIGN rule 10).
+    /// The database refused the data itself (docs/DESIGN.md, rule 10).
     pub fn is_data_rejection(&self) -> bool {
         // 18 SQLITE_TOOBIG, 19 SQLITE_CONSTRAINT (CHECK, NOT NULL, ...), 20 SQLITE_MISMATCH.
         match self {
@@ -228,7 +228,8 @@ async fn lock_ledger(
     Ok(ledger)
 }
 
-/// Applies a batch in one transaction (DESIGN rule 4). The caller retries transient errors.
+/// Applies a batch in one transaction (docs/DESIGN.md, rule 4). The caller retries transient
+/// errors.
 pub async fn apply_batch(
     pool: &SqlitePool,
     topic: &str,
@@ -270,7 +271,8 @@ pub async fn apply_batch(
     Ok(report)
 }
 
-/// Finds the orders SQLite refuses for their data (DESIGN rule 10); see `mysql::find_rejected`.
+/// Finds the orders SQLite refuses for their data (docs/DESIGN.md, rule 10); see
+/// `mysql::find_rejected`.
 pub async fn find_rejected(
     pool: &SqlitePool,
     topic: &str,

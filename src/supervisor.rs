@@ -3,9 +3,9 @@
 //! Dependency outages are retried inside the actors and never reach this file. What does reach
 //! it is an unexpected failure: then every data-path actor is stopped, in-flight batches are
 //! dropped, and a fresh set starts after a backoff, rejoining the group and re-claiming every
-//! partition from the ledger (DESIGN rule 8, like OTP's rest_for_one). A restart budget (N in a
-//! window) bounds this; a spent budget or a fatal error stops the process with a non-zero code
-//! naming the actor, so the container's restart policy becomes the top-level supervisor.
+//! partition from the ledger (docs/DESIGN.md, rule 8; like OTP's rest_for_one). A restart budget
+//! (N in a window) bounds this; a spent budget or a fatal error stops the process with a non-zero
+//! code naming the actor, so the container's restart policy becomes the top-level supervisor.
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
@@ -100,8 +100,8 @@ pub struct Pipeline {
     /// Reads the topic's watermarks; not a group member.
     metadata: Option<Arc<rdkafka::consumer::BaseConsumer>>,
     /// Where the process learns that it must exit, and with which code. (`System::stop` would
-    /// not do: `main` runs the system with `block_on`, which ignores it, and the process lived
-    /// on without a data path; the chaos suite's budget test found that.)
+    /// not do: `main` runs the system with `block_on`, which ignores it, so the process would
+    /// live on without a data path.)
     exit: mpsc::Sender<i32>,
 }
 

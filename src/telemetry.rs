@@ -84,7 +84,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 fn describe() {
     describe_counter!(
         CONSUMER_RECORDS,
-        "Records read from the orders topic, by partition."
+        "Records read from the orders topic."
     );
     describe_counter!(
         CONSUMER_REBALANCES,
@@ -253,7 +253,7 @@ pub fn partition_progress(partition: i32, lag: i64, progressed_unix: f64, stuck:
 /// Every few seconds: samples resident memory and CPU time from /proc (Linux only; elsewhere
 /// the series stay absent), and runs the recorder's upkeep. The upkeep folds histogram samples
 /// into their buckets; without it every sample is kept until the next scrape, so an instance
-/// nobody scrapes grew by 8 bytes per order, without bound.
+/// nobody scrapes would grow by 8 bytes per order, without bound.
 pub async fn sample_process(handle: PrometheusHandle) {
     loop {
         handle.run_upkeep();

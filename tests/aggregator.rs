@@ -268,7 +268,7 @@ async fn replays_gaps_and_fencing_change_nothing(backend: Backend) {
     );
 }
 
-/// DESIGN rule 10 at the store level, on both stores: a trigger (standing in for a constraint a
+/// docs/DESIGN.md, rule 10, at the store level, on both stores: a trigger (standing in for a constraint a
 /// DBA added) refuses every order of product 13. The batch transaction fails as a data
 /// rejection, bisection names exactly the refused orders, and without them the batch applies.
 #[actix::test]

@@ -384,7 +384,7 @@ async fn two_instances_one_killed_then_one_frozen_while_its_partitions_move() {
 ///
 /// With a 30 s session timeout, not the suite's 6 s: draining the 300,000 orders after the
 /// thaw loads tansu enough that it answered heartbeats more than 6 s late (twice, in CI and
-/// here), and tansu 0.6 then never re-forms the group (README, *Tests*). That is the broker's
+/// here), and tansu 0.6 then never re-forms the group (docs/OPERATIONS.md, *Tests*). That is the broker's
 /// liveness, not this test's subject; the broker-freeze scenario covers the member's side.
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_stays_bounded_while_cql_is_frozen_under_5000_per_s() {

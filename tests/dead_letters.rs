@@ -143,7 +143,7 @@ async fn invalid_records_are_dead_lettered_and_valid_ones_stay_exact() {
     );
 }
 
-/// DESIGN rule 10: MySQL refuses some orders for their data (here a CHECK constraint a DBA
+/// docs/DESIGN.md, rule 10: MySQL refuses some orders for their data (here a CHECK constraint a DBA
 /// added, a real refusal by the real server). The batch is bisected: exactly those orders are
 /// dead-lettered (and taken out of Cassandra), the rest of each batch is applied, and no actor
 /// restarts.
@@ -223,7 +223,7 @@ async fn orders_mysql_refuses_are_bisected_out_and_dead_lettered() {
     );
 }
 
-/// DESIGN rule 7: while the dead-letter topic is unreachable, the batch holding an invalid
+/// docs/DESIGN.md, rule 7: while the dead-letter topic is unreachable, the batch holding an invalid
 /// record waits: the ledger never moves past that record and nothing restarts. Once the topic
 /// is back, the dead letter is published and everything completes exactly.
 ///

@@ -4,9 +4,9 @@
 //! Several batches may be written at once; one semaphore bounds the inserts in flight across
 //! all of them. The inserts run as a tokio task on the worker threads, not on the actor's
 //! thread: that thread also decodes records and drives MySQL, and insert completions queued
-//! behind it left the CQL connection idle. Inserts are idempotent upserts, retried with
+//! behind it would leave the CQL connection idle. Inserts are idempotent upserts, retried with
 //! backoff while the store is down or slow (never skipped). A row the store refuses for its data is turned into a dead letter
-//! (DESIGN rule 10) instead of blocking the partition forever.
+//! (docs/DESIGN.md, rule 10) instead of blocking the partition forever.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -3,10 +3,10 @@
 //! A poll task reads records, decodes and validates them (order.rs) and hands them to the
 //! Batcher. Newly assigned partitions start paused; the actor claims each one in the MySQL
 //! ledger (epoch + 1), seeks to the ledger's position, commits that offset to Kafka as a hint
-//! and resumes it (DESIGN rule 2). Until then, records of the partition are discarded by the
-//! gate. Polling never waits on MySQL, so a slow database cannot get the member evicted. When
-//! too many batches are in flight, the poll loop first holds back (librdkafka's bounded queue
-//! keeps what it prefetched); if that lasts, every partition is paused and polling goes on.
+//! and resumes it (docs/DESIGN.md, rule 2). Until then, records of the partition are discarded by
+//! the gate. Polling never waits on MySQL, so a slow database cannot get the member evicted. When
+//! too many batches are in flight, the poll loop first holds back (librdkafka's bounded queue keeps
+//! what it prefetched); if that lasts, every partition is paused and polling goes on.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -414,8 +414,8 @@ const INGEST_CHUNK: usize = 256;
 /// How long the poll loop holds back while too many batches are in flight (it stops taking
 /// records, and librdkafka stops fetching once its bounded queue is full) before it pauses the
 /// partitions instead. A pause throws librdkafka's prefetched records away, so every resume
-/// fetched them again: under a steady drain the pipeline paused and resumed at every batch and
-/// waited on the broker each time (found by the end-to-end benchmark). Holding back keeps them;
+/// fetches them again: pausing at once would, under a steady drain, pause and resume at every
+/// batch and wait on the broker each time. Holding back keeps them;
 /// pausing, past this, keeps the member polling through a real outage, so rebalances are still
 /// served and `max.poll.interval.ms` is never at risk.
 const HOLD_BACK_MAX: Duration = Duration::from_secs(2);

@@ -1,4 +1,4 @@
-//! DeadLetters: publishes invalid records to the dead-letter topic (DESIGN rule 7).
+//! DeadLetters: publishes invalid records to the dead-letter topic (docs/DESIGN.md, rule 7).
 //!
 //! A dead letter carries the original payload (truncated past the limit, with its length and
 //! hash) and the headers `error`, `error_detail`, `source_topic`, `source_partition` and

@@ -3,9 +3,9 @@
 //!
 //! Cassandra writes of several batches may finish in any order; this actor holds early arrivals
 //! in a reorder buffer and runs one transaction at a time in `seq` order, so each partition's
-//! ledger advances in offset order (DESIGN rule 3). A transient error (connection lost, deadlock,
-//! lock wait, unknown COMMIT outcome) retries the whole transaction, which re-reads the ledger
-//! and so can never apply a record twice (rules 4 and 9). When MySQL refuses the data itself
+//! ledger advances in offset order (docs/DESIGN.md, rule 3). A transient error (connection lost,
+//! deadlock, lock wait, unknown COMMIT outcome) retries the whole transaction, which re-reads the
+//! ledger and so can never apply a record twice (rules 4 and 9). When MySQL refuses the data itself
 //! (rule 10), the offending orders are found by bisection, dead-lettered, removed from Cassandra
 //! and the rest of the batch is applied. Any other error fails the actor and the data path
 //! restarts.
@@ -42,7 +42,7 @@ pub struct BatchCommitted {
     pub fenced: Vec<(i32, i64)>,
 }
 
-/// Where orders that MySQL refuses go (DESIGN rule 10): the dead-letter topic, and out of
+/// Where orders that MySQL refuses go (docs/DESIGN.md, rule 10): the dead-letter topic, and out of
 /// Cassandra, which stored them before MySQL saw them.
 #[derive(Clone)]
 pub struct Rejections {
