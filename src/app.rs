@@ -254,9 +254,7 @@ pub async fn produce(mut cfg: Config, rate: u32, count: u64) -> anyhow::Result<i
     let mut shutdown = crate::Shutdown::listen();
     let health = Arc::new(Health::default());
     health.progress();
-    if cfg.http.listen == crate::config::DEFAULT_LISTEN {
-        cfg.http.listen = crate::config::PRODUCER_DEFAULT_LISTEN.into();
-    }
+    cfg.http.listen = producer_listen(&cfg);
     start_http(&cfg, health.clone()).await?;
     let started = std::time::Instant::now();
     let pool = mysql::connect(&cfg.mysql).await?;
@@ -290,13 +288,29 @@ pub async fn produce(mut cfg: Config, rate: u32, count: u64) -> anyhow::Result<i
     Ok(0)
 }
 
-/// `healthcheck`: exit 0 when the local instance answers /healthz with 200.
-pub async fn healthcheck(cfg: &Config) -> anyhow::Result<i32> {
+/// Where `produce` serves its operations port: `http.listen`, unless that is left at the
+/// default `run` uses, so that both run on one host.
+fn producer_listen(cfg: &Config) -> String {
+    if cfg.http.listen == crate::config::DEFAULT_LISTEN {
+        crate::config::PRODUCER_DEFAULT_LISTEN.into()
+    } else {
+        cfg.http.listen.clone()
+    }
+}
+
+/// `healthcheck`: exit 0 when the local instance (`run`'s, or with `producer` `produce`'s)
+/// answers /healthz with 200.
+pub async fn healthcheck(cfg: &Config, producer: bool) -> anyhow::Result<i32> {
+    let listen = if producer {
+        producer_listen(cfg)
+    } else {
+        cfg.http.listen.clone()
+    };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if cfg.http.listen.is_empty() {
+    if listen.is_empty() {
         bail!("http.listen is empty: the operations port is disabled");
     }
-    let mut addr: SocketAddr = cfg.http.listen.parse()?;
+    let mut addr: SocketAddr = listen.parse()?;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }

@@ -39,10 +39,11 @@ use crate::{app, emulator, kafka, reconcile, sqlite, topic_reader};
 
 /// Settings the demo uses unless `--set` says otherwise: more partitions than the default, so
 /// the in-memory topic holds more orders (see [`ORDERS_PER_PARTITION`]), a smaller prefetch so
-/// the worst-case memory still fits the budget.
-pub const DEFAULTS: [(&str, &str); 2] = [
+/// the worst-case memory still fits the budget, and 2,000 orders per second.
+pub const DEFAULTS: [(&str, &str); 3] = [
     ("kafka.partitions", "16"),
     ("kafka.queued_max_messages_kbytes", "4096"),
+    ("producer.rate_per_sec", "2000"),
 ];
 
 /// Orders the producer publishes per partition at most. The mock broker keeps 5 MiB per

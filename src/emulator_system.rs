@@ -141,6 +141,9 @@ fn registry() -> &'static RwLock<HashMap<u128, String>> {
     })
 }
 
+/// Most system statements remembered for EXECUTE.
+const MAX_PREPARED: usize = 1024;
+
 fn prepare(
     text: &str,
     select: &Select,
@@ -151,10 +154,13 @@ fn prepare(
     let table = source.load(node, session)?;
     let selection = Selection::resolve(select, &table)?;
     let id = statement_id(text);
-    registry()
-        .write()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(id, text.to_owned());
+    let mut known = registry().write().unwrap_or_else(PoisonError::into_inner);
+    // Bounded: a client that prepares endless variants (every LIMIT n) must not grow it forever;
+    // past the bound a statement is answered but its EXECUTE goes to kassandra.
+    if known.len() < MAX_PREPARED || known.contains_key(&id) {
+        known.insert(id, text.to_owned());
+    }
+    drop(known);
     Ok(QueryResult::Prepared(Prepared {
         id,
         prepared_metadata: PreparedMetadata {

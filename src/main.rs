@@ -38,9 +38,9 @@ enum Command {
     /// mock cluster), the CQL emulator as Cassandra and SQLite as MySQL. Prints a summary every
     /// few seconds; Ctrl-C stops it and audits both stores (exit 0 exact, 4 differences).
     Demo {
-        /// Orders per second.
-        #[arg(long, default_value_t = 2_000)]
-        rate: u32,
+        /// Orders per second (default 2,000).
+        #[arg(long)]
+        rate: Option<u32>,
         /// Stop by itself after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
         seconds: Option<u64>,
@@ -79,7 +79,12 @@ enum Command {
     /// Print the effective configuration, secrets redacted.
     Config,
     /// Exit 0 when the local instance is healthy (for container health checks).
-    Healthcheck,
+    Healthcheck {
+        /// Check `produce`'s operations port (127.0.0.1:9899 while `http.listen` is at its
+        /// default) instead of `run`'s.
+        #[arg(long)]
+        producer: bool,
+    },
     /// Audit the deployment: every record below the ledger stored once, aggregates exact.
     /// Exit 0 when exact, 4 when differences were found, 5 when the broker did not deliver
     /// some records within the read time (the report names their partitions and offsets).
@@ -141,10 +146,14 @@ fn main() -> anyhow::Result<()> {
     }));
 
     let mut overrides = Vec::new();
-    if let Command::Demo { .. } = &cli.command {
+    if let Command::Demo { rate, .. } = &cli.command {
         // The demo's own settings come first, so that `--set` still wins.
         for (k, v) in orderstream::demo::DEFAULTS {
             overrides.push((k.to_owned(), v.to_owned()));
+        }
+        // Through the configuration, so that `demo --rate 0` is refused as `produce --rate 0` is.
+        if let Some(rate) = rate {
+            overrides.push(("producer.rate_per_sec".into(), rate.to_string()));
         }
     }
     for item in &cli.overrides {
@@ -153,10 +162,6 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(EXIT_CONFIG);
         };
         overrides.push((k.trim().to_owned(), v.to_owned()));
-    }
-    if let Command::Demo { rate, .. } = &cli.command {
-        // Through the configuration, so that `demo --rate 0` is refused as `produce --rate 0` is.
-        overrides.push(("producer.rate_per_sec".into(), rate.to_string()));
     }
     if let Command::Produce {
         rate: Some(rate), ..
@@ -211,7 +216,9 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", config.to_redacted_toml());
                 Ok(0)
             }
-            Command::Healthcheck => orderstream::app::healthcheck(&config).await,
+            Command::Healthcheck { producer } => {
+                orderstream::app::healthcheck(&config, producer).await
+            }
             Command::Demo {
                 rate: _,
                 seconds,

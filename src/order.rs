@@ -174,6 +174,9 @@ impl Reason {
     }
 }
 
+/// Longest `Rejection::detail`, in bytes.
+pub const MAX_DETAIL: usize = 256;
+
 /// A refused record: the reason code and a human-readable detail (never used as a label).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -182,11 +185,19 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// The detail is cut to `MAX_DETAIL` characters: it travels in a dead letter's header, and
+    /// it quotes the record (a number's text, a timestamp) that may be as long as the record.
     fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Self {
-            reason,
-            detail: detail.into(),
+        let mut detail = detail.into();
+        if detail.len() > MAX_DETAIL {
+            let mut end = MAX_DETAIL;
+            while !detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            detail.truncate(end);
+            detail.push('…');
         }
+        Self { reason, detail }
     }
 }
 
@@ -239,11 +250,51 @@ pub fn decode(payload: &[u8], max_bytes: usize) -> Result<Order, Rejection> {
     }
     let text = std::str::from_utf8(payload)
         .map_err(|e| Rejection::new(Reason::InvalidUtf8, e.to_string()))?;
+    // The typed read would also take a JSON array for the struct, field by field.
+    if !text.trim_start().starts_with('{') {
+        return Err(classify_untyped(text));
+    }
     match serde_json::from_str::<RawOrder<'_>>(text) {
         Ok(raw) => validate(raw),
         // The typed read failed: find out why from the generic JSON value (slow path, only for
         // invalid records).
         Err(typed) => Err(classify(text, &typed)),
+    }
+}
+
+/// A record that is not a JSON object: not JSON at all, or another kind of value.
+fn classify_untyped(text: &str) -> Rejection {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(value) => Rejection::new(
+            Reason::NotObject,
+            format!("top level is {}", json_kind(&value)),
+        ),
+        Err(e) => Rejection::new(Reason::NotJson, e.to_string()),
+    }
+}
+
+/// The keys of a JSON object in the order written, repeats included (serde_json's `Value`
+/// keeps only the last of a repeated key).
+struct Keys(Vec<String>);
+
+impl<'de> Deserialize<'de> for Keys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Keys;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    keys.push(key);
+                }
+                Ok(Keys(keys))
+            }
+        }
+        d.deserialize_map(Visitor)
     }
 }
 
@@ -258,6 +309,17 @@ fn classify(text: &str, typed: &serde_json::Error) -> Rejection {
             format!("top level is {}", json_kind(&value)),
         );
     };
+    // A required key given twice, whatever its values: which one counts would be a guess.
+    if let Ok(Keys(keys)) = serde_json::from_str::<Keys>(text) {
+        for (i, key) in keys.iter().enumerate() {
+            if FIELDS.contains(&key.as_str()) && keys[..i].contains(key) {
+                return Rejection::new(
+                    Reason::DuplicateField,
+                    format!("{key} is given more than once"),
+                );
+            }
+        }
+    }
     for field in FIELDS {
         match (field, object.get(field)) {
             (_, None) | (_, Some(serde_json::Value::Null)) => {}
@@ -276,18 +338,6 @@ fn classify(text: &str, typed: &serde_json::Error) -> Rejection {
                 )
             }
         }
-    }
-    // A well-formed object whose fields all have the right kind: serde refused a required key
-    // given twice ("duplicate field `order_id`").
-    if let Some(key) = typed
-        .to_string()
-        .strip_prefix("duplicate field `")
-        .and_then(|rest| rest.split('`').next())
-    {
-        return Rejection::new(
-            Reason::DuplicateField,
-            format!("{key} is given more than once"),
-        );
     }
     Rejection::new(Reason::NotJson, format!("unreadable object: {typed}"))
 }
@@ -600,6 +650,40 @@ mod tests {
                 .unwrap()
                 .replacen('{', "{\"note\":1,\"note\":2,", 1);
         assert!(decode(text.as_bytes(), LIMIT).is_ok());
+        // Twice, the first time with the wrong kind of value: still the repeat that is named.
+        let text = String::from_utf8(valid_json())
+            .unwrap()
+            .replacen('{', "{\"created_at\":5,", 1);
+        let err = decode(text.as_bytes(), LIMIT).unwrap_err();
+        assert_eq!(err.reason, Reason::DuplicateField);
+        assert_eq!(err.detail, "created_at is given more than once");
+    }
+
+    #[test]
+    fn an_array_is_not_an_order_even_with_every_value_in_place() {
+        let array = br#"[42,"2024-05-01 10:00:00",1,7,3,99,"paypal"]"#;
+        let err = decode(array, LIMIT).unwrap_err();
+        assert_eq!(err.reason, Reason::NotObject);
+        assert_eq!(err.detail, "top level is an array");
+        assert_eq!(reason(b"  \n [1]"), Reason::NotObject);
+        assert_eq!(reason(b"\"x\""), Reason::NotObject);
+        assert_eq!(reason(b"nope"), Reason::NotJson);
+    }
+
+    #[test]
+    fn a_detail_quoting_the_record_is_cut_short() {
+        let digits = "9".repeat(50_000);
+        let text = String::from_utf8(valid_json())
+            .unwrap()
+            .replace(":42,", &format!(":{digits},"));
+        let err = decode(text.as_bytes(), LIMIT).unwrap_err();
+        assert_eq!(err.reason, Reason::OutOfRange);
+        assert!(
+            err.detail.len() <= MAX_DETAIL + '…'.len_utf8(),
+            "{}",
+            err.detail.len()
+        );
+        assert!(err.detail.ends_with('…'));
     }
 
     #[test]

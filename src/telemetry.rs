@@ -82,10 +82,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
-    describe_counter!(
-        CONSUMER_RECORDS,
-        "Records read from the orders topic."
-    );
+    describe_counter!(CONSUMER_RECORDS, "Records read from the orders topic.");
     describe_counter!(
         CONSUMER_REBALANCES,
         "Assignment changes seen by this member, by kind."

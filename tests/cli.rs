@@ -188,3 +188,97 @@ async fn every_counter_is_registered_at_zero_before_the_first_record() {
     }
     assert_eq!(run.terminate(Duration::from_secs(30)), Some(0));
 }
+
+/// Whether process `pid` still runs (a zombie has finished its work).
+fn running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| rest.starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_servers_stop_returns_once_the_emulator_has_saved_its_state() {
+    use futures::StreamExt as _;
+    let _heavy = common::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let (kafka, mysql, cql) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dev-servers");
+    let dev_servers = |command: &str| {
+        Command::new("bash")
+            .args([script, command])
+            .env("DEV_DIR", dir.path())
+            .env("DEV_KAFKA_PORT", kafka.to_string())
+            .env("DEV_MYSQL_PORT", mysql.to_string())
+            .env("DEV_CQL_PORT", cql.to_string())
+            .env("ORDERSTREAM_BIN", BIN)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let started = dev_servers("start");
+    assert!(
+        started.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&started.stdout),
+        String::from_utf8_lossy(&started.stderr)
+    );
+    // About 200 MB of rows, so that saving the emulator's state takes a while.
+    let cfg = orderstream::config::CassandraConfig {
+        contact_points: vec![format!("127.0.0.1:{cql}")],
+        ..Default::default()
+    };
+    let session = orderstream::cassandra::connect_session(&cfg).await.unwrap();
+    session
+        .query_unpaged(
+            "CREATE KEYSPACE IF NOT EXISTS fill WITH replication = \
+             {'class': 'SimpleStrategy', 'replication_factor': 1}",
+            (),
+        )
+        .await
+        .unwrap();
+    session
+        .query_unpaged(
+            "CREATE TABLE IF NOT EXISTS fill.blobs (id bigint PRIMARY KEY, body text)",
+            (),
+        )
+        .await
+        .unwrap();
+    let insert = session
+        .prepare("INSERT INTO fill.blobs (id, body) VALUES (?, ?)")
+        .await
+        .unwrap();
+    let body = "x".repeat(10 * 1024);
+    let inserted = futures::stream::iter(0..20_000i64)
+        .map(|id| session.execute_unpaged(&insert, (id, body.as_str())))
+        .buffer_unordered(64)
+        .filter(|r| std::future::ready(r.is_ok()))
+        .count()
+        .await;
+    assert_eq!(inserted, 20_000);
+    drop(session);
+
+    let pid = std::fs::read_to_string(dir.path().join("cql.pid")).unwrap();
+    let pid = pid.trim();
+    assert!(running(pid), "the emulator runs before the stop");
+    let stopped = dev_servers("stop");
+    assert!(stopped.status.success());
+    // `stop` returned: the emulator has finished writing its state, not only closed its port.
+    assert!(
+        !running(pid),
+        "the emulator was still saving when `stop` returned"
+    );
+    let state = std::fs::metadata(dir.path().join("cql.state")).unwrap();
+    assert!(
+        state.len() > 100 * 1024 * 1024,
+        "state of {} bytes",
+        state.len()
+    );
+}

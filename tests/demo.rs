@@ -110,7 +110,7 @@ async fn the_demo_runs_alone_and_its_audit_is_exact() {
     let last = out
         .lines()
         .filter_map(|l| l.split("] produced ").nth(1))
-        .last()
+        .next_back()
         .unwrap();
     let produced: u64 = last
         .split(' ')

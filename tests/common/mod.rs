@@ -618,7 +618,11 @@ impl Env {
             return;
         }
         let mut errors = Vec::new();
-        for entry in std::fs::read_dir(self.root.path()).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(self.root.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let path = entry.path();
             if path.extension().is_none_or(|e| e != "log") {
                 continue;
