@@ -11,9 +11,9 @@
 //! Criterion reports time per iteration and, with `Throughput::Elements`, orders per second.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use orderstream::aggregate::Deltas;
-use orderstream::order::{decode, Order};
-use orderstream::simulation::OrderGenerator;
+use orderstream::model::aggregate::Deltas;
+use orderstream::model::order::{decode, Order};
+use orderstream::tools::simulation::OrderGenerator;
 use rand::SeedableRng;
 
 /// Orders as the simulated producer makes them, over about a minute of creation times.

@@ -50,10 +50,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use orderstream::batch::{Batch, Content, Record};
-use orderstream::cassandra::CassandraStore;
 use orderstream::config::Config;
-use orderstream::order::{decode, Order};
+use orderstream::model::batch::{Batch, Content, Record};
+use orderstream::model::order::{decode, Order};
+use orderstream::stores::cassandra::CassandraStore;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
@@ -544,7 +544,7 @@ fn make_batch(
 async fn claim_all(pool: &sqlx::MySqlPool, topic: &str, owner: &str) -> BTreeMap<i32, i64> {
     let mut epochs = BTreeMap::new();
     for p in 0..partitions() {
-        let claim = orderstream::mysql::claim(pool, topic, p, owner, 0)
+        let claim = orderstream::stores::olap::mysql::claim(pool, topic, p, owner, 0)
             .await
             .unwrap();
         epochs.insert(p, claim.epoch);
@@ -564,7 +564,7 @@ async fn raw_mysql(pool: &sqlx::MySqlPool, sample: &[Order], size: usize) -> f64
         .collect();
     let started = Instant::now();
     for b in &batches {
-        orderstream::mysql::apply_batch(pool, topic, b)
+        orderstream::stores::olap::mysql::apply_batch(pool, topic, b)
             .await
             .unwrap();
     }
@@ -574,7 +574,9 @@ async fn raw_mysql(pool: &sqlx::MySqlPool, sample: &[Order], size: usize) -> f64
 /// The bare sequential loop; returns orders per second over `count` orders.
 async fn baseline(cfg: &Config, count: u64, insert_concurrency: usize) -> f64 {
     let store = Arc::new(CassandraStore::connect(&cfg.cassandra).await.unwrap());
-    let pool = orderstream::mysql::connect(&cfg.mysql).await.unwrap();
+    let pool = orderstream::stores::olap::mysql::connect(&cfg.mysql)
+        .await
+        .unwrap();
     let topic = &cfg.kafka.topic;
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cfg.kafka.brokers)
@@ -583,7 +585,9 @@ async fn baseline(cfg: &Config, count: u64, insert_concurrency: usize) -> f64 {
         .create()
         .unwrap();
     let epochs = claim_all(&pool, topic, "baseline").await;
-    let ledger = orderstream::mysql::read_ledger(&pool, topic).await.unwrap();
+    let ledger = orderstream::stores::olap::mysql::read_ledger(&pool, topic)
+        .await
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     for (p, next) in &ledger {
         tpl.add_partition_offset(topic, *p, Offset::Offset(*next))
@@ -632,7 +636,7 @@ async fn baseline(cfg: &Config, count: u64, insert_concurrency: usize) -> f64 {
             .filter_map(|r| r.order().cloned())
             .collect();
         insert_all(&store, &orders, insert_concurrency).await;
-        let report = orderstream::mysql::apply_batch(&pool, topic, &batch)
+        let report = orderstream::stores::olap::mysql::apply_batch(&pool, topic, &batch)
             .await
             .unwrap();
         let mut commit = TopicPartitionList::new();
@@ -649,7 +653,7 @@ async fn baseline(cfg: &Config, count: u64, insert_concurrency: usize) -> f64 {
 
 /// CPU seconds a process has used so far; 0 once it is gone.
 fn cpu(pid: u32) -> f64 {
-    orderstream::telemetry::cpu_seconds(&pid.to_string()).unwrap_or(0.0)
+    orderstream::ops::cpu_seconds(&pid.to_string()).unwrap_or(0.0)
 }
 
 /// CPU seconds these processes have used so far.

@@ -148,7 +148,7 @@ fn main() -> anyhow::Result<()> {
     let mut overrides = Vec::new();
     if let Command::Demo { rate, .. } = &cli.command {
         // The demo's own settings come first, so that `--set` still wins.
-        for (k, v) in orderstream::demo::DEFAULTS {
+        for (k, v) in orderstream::tools::demo::DEFAULTS {
             overrides.push((k.to_owned(), v.to_owned()));
         }
         // Through the configuration, so that `demo --rate 0` is refused as `produce --rate 0` is.
@@ -184,7 +184,11 @@ fn main() -> anyhow::Result<()> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        runtime.block_on(orderstream::emulator::serve(*listen, state.clone()))?;
+        runtime.block_on(cql_emulator::serve(
+            *listen,
+            state.clone(),
+            orderstream::ops::shutdown_signal(),
+        ))?;
         return Ok(());
     }
     let config = match Config::load(cli.config.as_deref(), std::env::vars(), &overrides) {
@@ -206,18 +210,18 @@ fn main() -> anyhow::Result<()> {
             Command::Run {
                 produce_rate,
                 migrate,
-            } => orderstream::app::run(config, migrate, produce_rate).await,
+            } => orderstream::cli::run(config, migrate, produce_rate).await,
             Command::Produce { .. } => {
                 let (rate, count) = (config.producer.rate_per_sec, config.producer.count);
-                orderstream::app::produce(config, rate, count).await
+                orderstream::cli::produce(config, rate, count).await
             }
-            Command::Migrate => orderstream::app::migrate(&config).await.map(|_| 0),
+            Command::Migrate => orderstream::cli::migrate(&config).await.map(|_| 0),
             Command::Config => {
                 print!("{}", config.to_redacted_toml());
                 Ok(0)
             }
             Command::Healthcheck { producer } => {
-                orderstream::app::healthcheck(&config, producer).await
+                orderstream::cli::healthcheck(&config, producer).await
             }
             Command::Demo {
                 rate: _,
@@ -226,7 +230,7 @@ fn main() -> anyhow::Result<()> {
                 summary_every_s,
                 invalid_every,
             } => {
-                let options = orderstream::demo::DemoOptions {
+                let options = orderstream::tools::demo::DemoOptions {
                     rate_per_sec: config.producer.rate_per_sec,
                     seconds,
                     sqlite,
@@ -234,11 +238,11 @@ fn main() -> anyhow::Result<()> {
                     invalid_every,
                     catch_up: std::time::Duration::from_secs(60),
                 };
-                orderstream::demo::run(config, options).await
+                orderstream::tools::demo::run(config, options).await
             }
             Command::Reconcile { read_timeout_secs } => {
                 let read_time = std::time::Duration::from_secs(read_timeout_secs);
-                let report = orderstream::reconcile::reconcile(&config, read_time).await;
+                let report = orderstream::tools::reconcile::reconcile(&config, read_time).await;
                 report.map(|r| {
                     print!("{r}");
                     if !r.unreadable.is_empty() {
@@ -259,7 +263,7 @@ fn main() -> anyhow::Result<()> {
     // that matters is committed by now.
     let code = match code {
         Ok(code) => code,
-        Err(e) if e.downcast_ref::<orderstream::app::UsageError>().is_some() => {
+        Err(e) if e.downcast_ref::<orderstream::cli::UsageError>().is_some() => {
             eprintln!("orderstream: {e}");
             EXIT_USAGE
         }

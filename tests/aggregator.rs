@@ -6,16 +6,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use orderstream::actors::dead_letters::DeadLetters;
-use orderstream::actors::mysql_aggregator::{
+use orderstream::model::aggregate::Deltas;
+use orderstream::model::batch::{Batch, Content, Record};
+use orderstream::model::order::{Order, PaymentMethod};
+use orderstream::ops::Health;
+use orderstream::pipeline::dead_letters::DeadLetters;
+use orderstream::pipeline::olap_aggregator::{
     BatchCommitted, BatchWritten, MysqlAggregator, NotifyConsumer, Rejections,
 };
-use orderstream::actors::{ActorFailed, Flow};
-use orderstream::aggregate::Deltas;
-use orderstream::batch::{Batch, Content, Record};
-use orderstream::olap::OlapStore;
-use orderstream::order::{Order, PaymentMethod};
-use orderstream::telemetry::Health;
+use orderstream::pipeline::{ActorFailed, Flow};
+use orderstream::stores::olap::OlapStore;
 
 use crate::common::{self, Backend, Env};
 
@@ -73,7 +73,7 @@ impl Handler<ActorFailed> for Recorder {
 
 /// The real dead-letter topic and Cassandra, for orders MySQL refuses (none do here).
 async fn rejections(cfg: &orderstream::config::Config) -> Rejections {
-    let producer = orderstream::kafka::producer_config(&cfg.kafka, "test-dlq")
+    let producer = orderstream::stores::kafka::producer_config(&cfg.kafka, "test-dlq")
         .create()
         .unwrap();
     Rejections {
@@ -82,11 +82,11 @@ async fn rejections(cfg: &orderstream::config::Config) -> Rejections {
             cfg.kafka.dead_letter_topic.clone(),
             cfg.kafka.topic.clone(),
             cfg.pipeline.max_record_bytes,
-            orderstream::app::backoff(cfg),
+            orderstream::cli::backoff(cfg),
         )
         .start(),
         cassandra: Arc::new(
-            orderstream::cassandra::CassandraStore::connect(&cfg.cassandra)
+            orderstream::stores::cassandra::CassandraStore::connect(&cfg.cassandra)
                 .await
                 .unwrap(),
         ),
@@ -134,7 +134,7 @@ async fn out_of_order_writes_commit_in_offset_order(backend: Backend) {
         flow.clone(),
         recorder.clone().recipient(),
         Arc::new(Health::default()),
-        orderstream::app::backoff(&cfg),
+        orderstream::cli::backoff(&cfg),
     )
     .start();
     aggregator
@@ -331,7 +331,10 @@ async fn refused_orders_are_found_by_bisection(backend: Backend) {
 
     // Set aside (the aggregator dead-letters them), the rest applies and the ledger passes all.
     for i in &indices {
-        b.records[*i].reject(orderstream::order::Reason::StoreRejected, "refused".into());
+        b.records[*i].reject(
+            orderstream::model::order::Reason::StoreRejected,
+            "refused".into(),
+        );
     }
     let report = store.apply_batch(&topic, &b).await.unwrap();
     assert_eq!(

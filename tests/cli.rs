@@ -235,7 +235,9 @@ async fn dev_servers_stop_returns_once_the_emulator_has_saved_its_state() {
         contact_points: vec![format!("127.0.0.1:{cql}")],
         ..Default::default()
     };
-    let session = orderstream::cassandra::connect_session(&cfg).await.unwrap();
+    let session = orderstream::stores::cassandra::connect_session(&cfg)
+        .await
+        .unwrap();
     session
         .query_unpaged(
             "CREATE KEYSPACE IF NOT EXISTS fill WITH replication = \

@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use orderstream::olap::OlapStore;
+use orderstream::stores::olap::OlapStore;
 
 use crate::common::{self, BIN};
 
@@ -100,7 +100,9 @@ async fn the_demo_runs_alone_and_its_audit_is_exact() {
         "{invalid} invalid of {records}"
     );
     assert!(out.contains(&format!("cassandra rows: {valid}\n")), "{out}");
-    let pool = orderstream::sqlite::connect(Some(&sqlite)).await.unwrap();
+    let pool = orderstream::stores::olap::sqlite::connect(Some(&sqlite))
+        .await
+        .unwrap();
     let store = OlapStore::Sqlite(pool);
     let ledger = store.read_ledger("orders").await.unwrap();
     assert_eq!(ledger.len(), 16);

@@ -61,7 +61,7 @@ where
 }
 
 async fn ledger(env: &Env, partitions: i32) -> BTreeMap<i32, i64> {
-    orderstream::mysql::read_ledger(&env.mysql(partitions).await, &env.names.topic)
+    orderstream::stores::olap::mysql::read_ledger(&env.mysql(partitions).await, &env.names.topic)
         .await
         .unwrap_or_default()
 }
@@ -187,10 +187,12 @@ async fn two_instances_one_sigkilled_the_survivor_takes_every_partition() {
         )
         .await;
         // Every partition was last claimed by the survivor.
-        let owners =
-            orderstream::mysql::read_ledger_owners(&env.mysql(PARTITIONS).await, &env.names.topic)
-                .await
-                .unwrap();
+        let owners = orderstream::stores::olap::mysql::read_ledger_owners(
+            &env.mysql(PARTITIONS).await,
+            &env.names.topic,
+        )
+        .await
+        .unwrap();
         assert_eq!(owners.len(), PARTITIONS as usize);
         for (partition, (_, owner)) in &owners {
             assert!(

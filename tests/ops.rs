@@ -463,7 +463,9 @@ async fn pool_as(env: &Env, partitions: i32, user: &str, password: &str) -> sqlx
         ])
         .collect::<Vec<_>>();
     let cfg = orderstream::config::Config::load(None, vars, &[]).unwrap();
-    orderstream::mysql::connect(&cfg.mysql).await.unwrap()
+    orderstream::stores::olap::mysql::connect(&cfg.mysql)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use orderstream::aggregate::Deltas;
-use orderstream::cassandra::CassandraStore;
-use orderstream::mysql;
+use orderstream::model::aggregate::Deltas;
+use orderstream::stores::cassandra::CassandraStore;
+use orderstream::stores::olap::mysql;
 
 use crate::common::{self, Env};
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use orderstream::mysql;
+use orderstream::stores::olap::mysql;
 
 use crate::common::{self, Env};
 

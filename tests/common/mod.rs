@@ -23,7 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use orderstream::config::Config;
-use orderstream::order::Order;
+use orderstream::model::order::Order;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -532,24 +532,34 @@ impl Env {
     }
 
     pub async fn mysql(&self, partitions: i32) -> sqlx::MySqlPool {
-        orderstream::mysql::connect(&self.config(partitions).mysql)
+        orderstream::stores::olap::mysql::connect(&self.config(partitions).mysql)
             .await
             .unwrap()
     }
 
     /// A migrated OLAP store: this environment's MariaDB database (migrated by `migrate`), or
     /// a fresh SQLite file under the environment's directory.
-    pub async fn olap(&self, partitions: i32, backend: Backend) -> orderstream::olap::OlapStore {
+    pub async fn olap(
+        &self,
+        partitions: i32,
+        backend: Backend,
+    ) -> orderstream::stores::olap::OlapStore {
         match backend {
-            Backend::Mariadb => orderstream::olap::OlapStore::Mysql(self.mysql(partitions).await),
+            Backend::Mariadb => {
+                orderstream::stores::olap::OlapStore::Mysql(self.mysql(partitions).await)
+            }
             Backend::Sqlite => {
                 let path = self
                     .root
                     .path()
                     .join(format!("{}.sqlite", self.names.database));
-                let pool = orderstream::sqlite::connect(Some(&path)).await.unwrap();
-                orderstream::sqlite::migrate(&pool).await.unwrap();
-                orderstream::olap::OlapStore::Sqlite(pool)
+                let pool = orderstream::stores::olap::sqlite::connect(Some(&path))
+                    .await
+                    .unwrap();
+                orderstream::stores::olap::sqlite::migrate(&pool)
+                    .await
+                    .unwrap();
+                orderstream::stores::olap::OlapStore::Sqlite(pool)
             }
         }
     }
@@ -564,7 +574,7 @@ pub enum Backend {
     Sqlite,
 }
 
-pub use orderstream::topic_reader::TopicRecord;
+pub use orderstream::stores::topic_reader::TopicRecord;
 
 /// When a test fails, the tails of every log in its root (servers and orderstream processes)
 /// are printed with its output, so that a CI failure can be read without a rerun; with
@@ -644,13 +654,13 @@ impl Env {
 
 /// Every record of a topic from the beginning to its current end.
 pub fn read_topic(brokers: &str, topic: &str) -> Vec<TopicRecord> {
-    orderstream::topic_reader::read_topic(brokers, topic, None, Duration::from_secs(120))
+    orderstream::stores::topic_reader::read_topic(brokers, topic, None, Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("reading {topic}: {e}"))
 }
 
 /// High watermark of every partition of a topic.
 pub fn log_ends(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
-    orderstream::topic_reader::watermarks(brokers, topic, Duration::from_secs(10))
+    orderstream::stores::topic_reader::watermarks(brokers, topic, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("watermarks of {topic}: {e}"))
         .into_iter()
         .map(|(p, (_, high))| (p, high))
@@ -697,7 +707,7 @@ pub fn committed(
 pub fn valid_orders(records: &[TopicRecord]) -> Vec<Order> {
     records
         .iter()
-        .filter_map(|r| orderstream::order::decode(&r.payload, 64 * 1024).ok())
+        .filter_map(|r| orderstream::model::order::decode(&r.payload, 64 * 1024).ok())
         .collect()
 }
 
@@ -719,7 +729,7 @@ where
 
 /// Orders applied so far: the sum of the ledger's positions (0 before the first claim).
 pub async fn applied(pool: &sqlx::MySqlPool, topic: &str) -> i64 {
-    orderstream::mysql::read_ledger(pool, topic)
+    orderstream::stores::olap::mysql::read_ledger(pool, topic)
         .await
         .map(|l| l.values().sum())
         .unwrap_or(0)
@@ -796,7 +806,7 @@ pub fn promtool_check(metrics: &str) {
 
 /// The sum of every series of a metric in a scrape.
 pub fn metric_sum(metrics: &str, name: &str) -> f64 {
-    orderstream::telemetry::total(metrics, name)
+    orderstream::ops::telemetry::total(metrics, name)
 }
 
 /// Waits until the MySQL ledger of the test's topic equals `ends` (partition → log end).
@@ -805,7 +815,7 @@ pub async fn ledger_reaches(pool: &sqlx::MySqlPool, topic: &str, ends: &BTreeMap
         Duration::from_secs(300),
         "the ledger to reach the log end",
         || async {
-            orderstream::mysql::read_ledger(pool, topic)
+            orderstream::stores::olap::mysql::read_ledger(pool, topic)
                 .await
                 .map(|l| &l == ends)
                 .unwrap_or(false)
@@ -837,7 +847,7 @@ pub async fn assert_stores_hold(env: &Env, partitions: i32, want: &[Order]) {
     assert_eq!(code, Some(0), "reconcile: {report}");
     assert!(report.contains("verdict: EXACT"), "{report}");
     let cfg = env.config(partitions);
-    let store = orderstream::cassandra::CassandraStore::connect(&cfg.cassandra)
+    let store = orderstream::stores::cassandra::CassandraStore::connect(&cfg.cassandra)
         .await
         .unwrap();
     let mut stored = store.read_all().await.unwrap();
@@ -850,12 +860,14 @@ pub async fn assert_stores_hold(env: &Env, partitions: i32, want: &[Order]) {
         "cassandra rows differ from the produced orders"
     );
     let pool = env.mysql(partitions).await;
-    let aggregates = orderstream::mysql::read_aggregates(&pool).await.unwrap();
-    let recomputed = orderstream::aggregate::Deltas::fold(&want);
+    let aggregates = orderstream::stores::olap::mysql::read_aggregates(&pool)
+        .await
+        .unwrap();
+    let recomputed = orderstream::model::aggregate::Deltas::fold(&want);
     assert_eq!(aggregates.daily, recomputed.daily);
     assert_eq!(aggregates.per_minute, recomputed.per_minute);
     assert_eq!(
-        orderstream::mysql::read_ledger(&pool, &env.names.topic)
+        orderstream::stores::olap::mysql::read_ledger(&pool, &env.names.topic)
             .await
             .unwrap(),
         log_ends(&env.broker.addr(), &env.names.topic)

@@ -1,0 +1,338 @@
+//! The commands: `run`, `produce`, `migrate`, `config`, `healthcheck` and `cql-emulator`.
+//!
+//! Each command is a plain async function over a validated [`Config`]; `main.rs` only parses
+//! the command line and starts the runtime.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use anyhow::{bail, Context as _};
+use rdkafka::producer::Producer as _;
+use sqlx::MySqlPool;
+
+use crate::config::Config;
+use crate::model::order::Reason;
+use crate::ops::{telemetry, Health};
+use crate::pipeline::supervisor::{retry_backoff, Drain, Pipeline, Stores};
+use crate::stores::cassandra::{CassandraError, CassandraStore};
+use crate::stores::kafka::{self, KafkaError};
+use crate::stores::olap::mysql::{self, MysqlError};
+use crate::stores::olap::OlapStore;
+use crate::tools::node_lease::LeaseKeeper;
+use crate::tools::producer::OrderProducer;
+
+/// A command-line argument that cannot work; the process exits 64 (sysexits' EX_USAGE).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// `migrate`: topics, Cassandra keyspace and table, MySQL schema and seeds. Idempotent; runs
+/// under a MySQL named lock so concurrent runs serialize.
+pub async fn migrate(cfg: &Config) -> anyhow::Result<()> {
+    mysql::with_migrate_lock(&cfg.mysql, || async {
+        kafka::create_topics(&cfg.kafka)
+            .await
+            .context("kafka topics")?;
+        crate::stores::cassandra::migrate(&cfg.cassandra)
+            .await
+            .context("cassandra schema")?;
+        mysql::migrate(&cfg.mysql).await.context("mysql schema")?;
+        Ok(())
+    })
+    .await?;
+    tracing::info!("migration complete");
+    Ok(())
+}
+
+/// Retries `attempt` while the dependency is unreachable; stops at once on a permanent error
+/// (an unmigrated store, say). A dependency down at startup is waited for, not crash-looped.
+async fn wait_for<T, E, F, Fut>(
+    cfg: &Config,
+    what: &str,
+    permanent: impl Fn(&E) -> bool,
+    mut attempt: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display + Send + Sync + 'static + std::error::Error,
+{
+    let mut delay = Duration::from_millis(cfg.supervision.backoff_initial_ms);
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if permanent(&e) => return Err(anyhow::Error::new(e)),
+            Err(e) => {
+                tracing::warn!(dependency = what, error = %e, ?delay, "waiting for dependency");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(cfg.supervision.backoff_max_ms));
+            }
+        }
+    }
+}
+
+/// Connects to both stores and checks that everything is migrated. Returns the MySQL pool too,
+/// for the producer's node leases.
+pub async fn connect_stores(cfg: &Config) -> anyhow::Result<(Stores, MySqlPool)> {
+    let pool = mysql::connect(&cfg.mysql).await?;
+    wait_for(
+        cfg,
+        "mysql",
+        |e: &MysqlError| !e.is_transient(),
+        || mysql::check_migrated(&pool, &cfg.mysql),
+    )
+    .await?;
+    let cassandra = wait_for(
+        cfg,
+        "cassandra",
+        |e: &CassandraError| matches!(e, CassandraError::NotMigrated { .. }),
+        || CassandraStore::connect(&cfg.cassandra),
+    )
+    .await?;
+    for topic in [cfg.kafka.topic.clone(), cfg.kafka.dead_letter_topic.clone()] {
+        let kcfg = cfg.kafka.clone();
+        wait_for(
+            cfg,
+            "kafka",
+            |e: &KafkaError| matches!(e, KafkaError::MissingTopic(_)),
+            || {
+                let kcfg = kcfg.clone();
+                let topic = topic.clone();
+                async move {
+                    let name = topic.clone();
+                    tokio::task::spawn_blocking(move || kafka::partition_count(&kcfg, &name))
+                        .await
+                        .unwrap_or_else(|e| Err(KafkaError::MissingTopic(format!("{topic} ({e})"))))
+                }
+            },
+        )
+        .await?;
+    }
+    let stores = Stores {
+        cassandra: Arc::new(cassandra),
+        olap: OlapStore::Mysql(pool.clone()),
+    };
+    Ok((stores, pool))
+}
+
+/// A name for this instance in the ledger and in client ids.
+pub fn instance_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "orderstream".into());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// Binds the operations port before anything else starts: a port in use stops startup with a
+/// message naming `http.listen`, instead of a process that runs without its health checks.
+/// Returns the metrics handle (the demo reads its summary from it).
+pub async fn start_http(
+    cfg: &Config,
+    health: Arc<Health>,
+) -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    let handle = telemetry::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+    telemetry::dead_letter_reasons(Reason::ALL.iter().map(|r| r.as_str()));
+    tokio::spawn(crate::ops::sample_process(handle.clone()));
+    if cfg.http.listen.is_empty() {
+        return Ok(handle);
+    }
+    let addr: SocketAddr = cfg.http.listen.parse()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("http.listen = {addr}: cannot listen: {e}"))?;
+    tracing::info!(%addr, "operations port listening");
+    tokio::spawn(crate::ops::serve_http(listener, handle.clone(), health));
+    Ok(handle)
+}
+
+/// Leases a producer node (see `node_lease`) and starts the producer on it.
+async fn start_producer(
+    cfg: &Config,
+    pool: MySqlPool,
+    rate: u32,
+    count: u64,
+    done: Option<tokio::sync::oneshot::Sender<u64>>,
+    health: Option<Arc<Health>>,
+) -> anyhow::Result<(Addr<OrderProducer>, LeaseKeeper)> {
+    let name = format!("{}-producer", instance_name());
+    let keeper = LeaseKeeper::start(
+        pool,
+        name.clone(),
+        Duration::from_millis(cfg.producer.lease_ttl_ms),
+        cfg.producer.instance_id,
+        backoff(cfg),
+    )
+    .await?;
+    let producer: rdkafka::producer::FutureProducer =
+        kafka::producer_config(&cfg.kafka, &name).create()?;
+    // Connect before the first order is stamped: librdkafka connects (and, being idempotent,
+    // asks for a producer id) lazily, and orders created meanwhile would carry that start-up as
+    // latency (over a second with tansu). A broker that is down is no error here: the bounded
+    // queue and the retries handle it as at any other time.
+    let warm = producer.clone();
+    let topic = cfg.kafka.topic.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        warm.client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+    })
+    .await;
+    let actor = OrderProducer::new(
+        producer,
+        cfg.kafka.topic.clone(),
+        rate,
+        count,
+        keeper.window(),
+        done,
+        health,
+    )
+    .start();
+    Ok((actor, keeper))
+}
+
+/// `run`: the pipeline until SIGTERM/SIGINT, then a bounded drain. Exit code 0 after a clean
+/// drain.
+pub async fn run(
+    cfg: Config,
+    migrate_first: bool,
+    produce_rate: Option<u32>,
+) -> anyhow::Result<i32> {
+    let mut shutdown = crate::ops::Shutdown::listen();
+    let cfg = Arc::new(cfg);
+    let health = Arc::new(Health::default());
+    health.progress();
+    start_http(&cfg, health.clone()).await?;
+    let starting = async {
+        if migrate_first {
+            migrate(&cfg).await?;
+        }
+        connect_stores(&cfg).await
+    };
+    let (stores, pool) = tokio::select! {
+        started = starting => started?,
+        _ = shutdown.requested() => {
+            tracing::info!("shutdown requested while starting: nothing to drain");
+            return Ok(0);
+        }
+    };
+    let owner = instance_name();
+    tracing::info!(%owner, topic = %cfg.kafka.topic, "pipeline starting");
+    let (exit_tx, mut exit_rx) = tokio::sync::mpsc::channel(1);
+    let pipeline = Pipeline::new(cfg.clone(), stores, health, owner, exit_tx).start();
+    let producer = match produce_rate {
+        Some(rate) => Some(start_producer(&cfg, pool, rate, 0, None, None).await?),
+        None => None,
+    };
+    let failed = tokio::select! {
+        _ = shutdown.requested() => None,
+        code = exit_rx.recv() => code,
+    };
+    if let Some((p, lease)) = producer {
+        let _ = p.send(crate::pipeline::Halt).await;
+        lease.stop().await;
+    }
+    if let Some(code) = failed {
+        // The supervisor has already halted the data path and said why.
+        return Ok(code);
+    }
+    tracing::info!("shutdown requested: draining");
+    let drained = pipeline.send(Drain).await.unwrap_or(false);
+    if drained {
+        tracing::info!("drained cleanly");
+    } else {
+        tracing::warn!(
+            "drain timeout reached: in-flight batches abandoned (they replay from the ledger)"
+        );
+    }
+    Ok(0)
+}
+
+/// `produce`: the producer alone; with a count, exits 0 once every order is acknowledged.
+pub async fn produce(mut cfg: Config, rate: u32, count: u64) -> anyhow::Result<i32> {
+    let mut shutdown = crate::ops::Shutdown::listen();
+    let health = Arc::new(Health::default());
+    health.progress();
+    cfg.http.listen = producer_listen(&cfg);
+    start_http(&cfg, health.clone()).await?;
+    let started = std::time::Instant::now();
+    let pool = mysql::connect(&cfg.mysql).await?;
+    wait_for(
+        &cfg,
+        "mysql",
+        |e: &MysqlError| !e.is_transient(),
+        || mysql::check_migrated(&pool, &cfg.mysql),
+    )
+    .await?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (producer, lease) =
+        start_producer(&cfg, pool, rate, count, Some(tx), Some(health.clone())).await?;
+    health.set_ready(true);
+    tokio::select! {
+        acked = rx => {
+            let acked = acked.unwrap_or(0);
+            tracing::info!(acked, "all orders acknowledged");
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "produced {acked} orders in {seconds:.1} s ({:.0} orders/s)",
+                acked as f64 / seconds.max(0.001)
+            );
+        }
+        _ = shutdown.requested() => {
+            let _ = producer.send(crate::pipeline::Halt).await;
+            tracing::info!("producer stopped");
+        }
+    }
+    lease.stop().await;
+    Ok(0)
+}
+
+/// Where `produce` serves its operations port: `http.listen`, unless that is left at the
+/// default `run` uses, so that both run on one host.
+fn producer_listen(cfg: &Config) -> String {
+    if cfg.http.listen == crate::config::DEFAULT_LISTEN {
+        crate::config::PRODUCER_DEFAULT_LISTEN.into()
+    } else {
+        cfg.http.listen.clone()
+    }
+}
+
+/// `healthcheck`: exit 0 when the local instance (`run`'s, or with `producer` `produce`'s)
+/// answers /healthz with 200.
+pub async fn healthcheck(cfg: &Config, producer: bool) -> anyhow::Result<i32> {
+    let listen = if producer {
+        producer_listen(cfg)
+    } else {
+        cfg.http.listen.clone()
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if listen.is_empty() {
+        bail!("http.listen is empty: the operations port is disabled");
+    }
+    let mut addr: SocketAddr = listen.parse()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), check).await??;
+    if response.starts_with("HTTP/1.0 200") {
+        Ok(0)
+    } else {
+        eprintln!("unhealthy: {}", response.lines().next().unwrap_or(""));
+        Ok(1)
+    }
+}
+
+/// The retry policy, exposed for tests that drive actors directly.
+pub fn backoff(cfg: &Config) -> backoff::ExponentialBackoff {
+    retry_backoff(cfg)
+}

@@ -1,0 +1,293 @@
+//! Every metric name in one place, the Prometheus recorder, and the events that move them.
+//!
+//! Names follow `orderstream_<subsystem>_<name>_<unit>[_total]`; labels stay low-cardinality.
+//! Every counter is registered at zero for its known labels at startup, so dashboards see a
+//! series before the first event.
+
+use std::time::Duration;
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const CONSUMER_RECORDS: &str = "orderstream_consumer_records_total";
+pub const CONSUMER_REBALANCES: &str = "orderstream_consumer_rebalances_total";
+pub const CONSUMER_PAUSED: &str = "orderstream_consumer_paused_partitions";
+pub const CONSUMER_COMMIT_FAILURES: &str = "orderstream_consumer_commit_failures_total";
+pub const BATCHES: &str = "orderstream_batcher_batches_total";
+pub const BATCH_SIZE: &str = "orderstream_batcher_batch_size_records";
+pub const IN_FLIGHT: &str = "orderstream_pipeline_batches_in_flight";
+pub const CASSANDRA_ROWS: &str = "orderstream_cassandra_rows_written_total";
+pub const CASSANDRA_RETRIES: &str = "orderstream_cassandra_retries_total";
+pub const CASSANDRA_LATENCY: &str = "orderstream_cassandra_batch_write_seconds";
+pub const MYSQL_TXNS: &str = "orderstream_mysql_transactions_total";
+pub const MYSQL_RETRIES: &str = "orderstream_mysql_retries_total";
+pub const MYSQL_LATENCY: &str = "orderstream_mysql_transaction_seconds";
+pub const MYSQL_ORDERS: &str = "orderstream_mysql_orders_applied_total";
+pub const MYSQL_REPLAYED: &str = "orderstream_mysql_records_replayed_total";
+pub const MYSQL_FENCED: &str = "orderstream_mysql_fenced_batches_total";
+pub const DEAD_LETTERS: &str = "orderstream_deadletter_records_total";
+pub const PRODUCER_ORDERS: &str = "orderstream_producer_orders_total";
+pub const PRODUCER_ERRORS: &str = "orderstream_producer_errors_total";
+pub const END_TO_END: &str = "orderstream_pipeline_end_to_end_latency_seconds";
+pub const RESTARTS: &str = "orderstream_supervisor_restarts_total";
+pub const ACTOR_UP: &str = "orderstream_actor_up";
+pub const DEPENDENCY_UP: &str = "orderstream_dependency_up";
+pub const CONSUMER_REJOINS: &str = "orderstream_consumer_rejoins_total";
+pub const CONSUMER_RELEASED: &str = "orderstream_consumer_released_partitions_total";
+pub const PARTITION_LAG: &str = "orderstream_partition_lag_records";
+pub const PARTITION_PROGRESS: &str = "orderstream_partition_last_progress_timestamp_seconds";
+pub const PARTITION_STUCK: &str = "orderstream_partition_stuck";
+pub const WATCHDOG_STUCK: &str = "orderstream_watchdog_stuck_partitions_total";
+pub const PROCESS_MEMORY: &str = "orderstream_process_resident_memory_bytes";
+pub const PROCESS_CPU: &str = "orderstream_process_cpu_seconds_total";
+
+/// The data-path actors, as the `actor` label spells them.
+pub const ACTORS: [&str; 6] = [
+    "consumer",
+    "batcher",
+    "cassandra_writer",
+    "mysql_aggregator",
+    "dead_letters",
+    "producer",
+];
+
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const SIZE_BUCKETS: [f64; 10] = [
+    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+];
+
+/// Installs the recorder and describes every metric. Call once per process, then register the
+/// dead-letter reasons ([`dead_letter_reasons`]).
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_records".into()), &SIZE_BUCKETS))
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(CONSUMER_RECORDS, "Records read from the orders topic.");
+    describe_counter!(
+        CONSUMER_REBALANCES,
+        "Assignment changes seen by this member, by kind."
+    );
+    describe_gauge!(
+        CONSUMER_PAUSED,
+        "Partitions currently paused (backpressure or claim pending)."
+    );
+    describe_counter!(
+        CONSUMER_COMMIT_FAILURES,
+        "Failed Kafka offset commits (a hint only; the ledger is the truth)."
+    );
+    describe_counter!(BATCHES, "Micro-batches cut, by trigger.");
+    describe_histogram!(BATCH_SIZE, "Records per micro-batch.");
+    describe_gauge!(IN_FLIGHT, "Batches cut but not yet committed to MySQL.");
+    describe_counter!(
+        CASSANDRA_ROWS,
+        "Orders written to Cassandra (replays included)."
+    );
+    describe_counter!(
+        CASSANDRA_RETRIES,
+        "Cassandra inserts retried after an error."
+    );
+    describe_histogram!(
+        CASSANDRA_LATENCY,
+        Unit::Seconds,
+        "Time to write one batch's rows to Cassandra."
+    );
+    describe_counter!(MYSQL_TXNS, "Batch transactions, by outcome.");
+    describe_counter!(
+        MYSQL_RETRIES,
+        "Batch transactions retried after a transient error."
+    );
+    describe_histogram!(
+        MYSQL_LATENCY,
+        Unit::Seconds,
+        "Time of one batch transaction, retries included."
+    );
+    describe_counter!(MYSQL_ORDERS, "Orders folded into the aggregates.");
+    describe_counter!(
+        MYSQL_REPLAYED,
+        "Records skipped because the ledger was past them."
+    );
+    describe_counter!(
+        MYSQL_FENCED,
+        "Batches with records of a partition this instance no longer owns."
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        "Records published to the dead-letter topic, by reason."
+    );
+    describe_counter!(
+        PRODUCER_ORDERS,
+        "Simulated orders acknowledged by the broker."
+    );
+    describe_counter!(
+        PRODUCER_ERRORS,
+        "Simulated orders the broker failed to acknowledge."
+    );
+    describe_histogram!(
+        END_TO_END,
+        Unit::Seconds,
+        "From an order's created_at to its MySQL commit."
+    );
+    describe_counter!(
+        RESTARTS,
+        "Data-path restarts after an unexpected failure, by actor."
+    );
+    describe_gauge!(ACTOR_UP, "1 while the actor runs, by actor.");
+    describe_gauge!(
+        DEPENDENCY_UP,
+        "1 while the store answered its last probe (every 2 s), by dependency."
+    );
+    describe_counter!(
+        CONSUMER_REJOINS,
+        "Times this instance left the consumer group and joined again as a new member, by reason."
+    );
+    describe_counter!(
+        CONSUMER_RELEASED,
+        "Partitions released because another member claimed them in the ledger."
+    );
+    describe_gauge!(
+        PARTITION_LAG,
+        "Records waiting between the ledger and the log end, by partition (every partition of \
+         the topic, whoever holds it)."
+    );
+    describe_gauge!(
+        PARTITION_PROGRESS,
+        Unit::Seconds,
+        "Unix time the partition's ledger last advanced or was last seen at the log end."
+    );
+    describe_gauge!(
+        PARTITION_STUCK,
+        "1 while records wait on the partition and its ledger has not moved for \
+         pipeline.stuck_after_ms."
+    );
+    describe_counter!(
+        WATCHDOG_STUCK,
+        "Times the watchdog found a partition stuck."
+    );
+    describe_gauge!(
+        PROCESS_MEMORY,
+        Unit::Bytes,
+        "Resident memory of this process."
+    );
+    describe_counter!(
+        PROCESS_CPU,
+        Unit::Seconds,
+        "CPU time (user + system) used by this process."
+    );
+
+    counter!(CONSUMER_REJOINS, "reason" => REJOIN_STUCK).absolute(0);
+    for kind in ["assign", "revoke"] {
+        counter!(CONSUMER_REBALANCES, "kind" => kind).absolute(0);
+    }
+    for trigger in ["count", "bytes", "time", "drain"] {
+        counter!(BATCHES, "trigger" => trigger).absolute(0);
+    }
+    for outcome in ["committed", "empty"] {
+        counter!(MYSQL_TXNS, "outcome" => outcome).absolute(0);
+    }
+    for actor in ACTORS {
+        counter!(RESTARTS, "actor" => actor).absolute(0);
+    }
+    for name in [
+        CASSANDRA_ROWS,
+        CASSANDRA_RETRIES,
+        MYSQL_RETRIES,
+        MYSQL_ORDERS,
+        MYSQL_REPLAYED,
+        MYSQL_FENCED,
+        PRODUCER_ORDERS,
+        PRODUCER_ERRORS,
+        CONSUMER_COMMIT_FAILURES,
+        CONSUMER_RECORDS,
+        CONSUMER_RELEASED,
+        WATCHDOG_STUCK,
+    ] {
+        counter!(name).absolute(0);
+    }
+}
+
+/// `kind` is "assign" or "revoke".
+pub fn rebalance(kind: &'static str) {
+    counter!(CONSUMER_REBALANCES, "kind" => kind).increment(1);
+}
+
+/// The `reason` of a rejoin for stuck partitions that this instance did not hold.
+pub const REJOIN_STUCK: &str = "stuck_unheld";
+
+/// One partition as the watchdog last saw it.
+pub fn partition_progress(partition: i32, lag: i64, progressed_unix: f64, stuck: bool) {
+    let label = partition.to_string();
+    gauge!(PARTITION_LAG, "partition" => label.clone()).set(lag as f64);
+    gauge!(PARTITION_PROGRESS, "partition" => label.clone()).set(progressed_unix);
+    gauge!(PARTITION_STUCK, "partition" => label).set(if stuck { 1.0 } else { 0.0 });
+}
+
+pub fn batch_cut(trigger: &'static str, records: usize) {
+    counter!(BATCHES, "trigger" => trigger).increment(1);
+    histogram!(BATCH_SIZE).record(records as f64);
+}
+
+/// `reason` is one of the event contract's reasons (the caller registers each at zero with
+/// [`dead_letter_reasons`] at startup).
+pub fn dead_letter(reason: &'static str) {
+    counter!(DEAD_LETTERS, "reason" => reason).increment(1);
+}
+
+/// Registers the dead-letter counter at zero for every reason.
+pub fn dead_letter_reasons(reasons: impl IntoIterator<Item = &'static str>) {
+    for reason in reasons {
+        counter!(DEAD_LETTERS, "reason" => reason).absolute(0);
+    }
+}
+
+pub fn in_flight(n: usize) {
+    gauge!(IN_FLIGHT).set(n as f64);
+}
+
+pub fn dependency_up(dependency: &'static str, up: bool) {
+    gauge!(DEPENDENCY_UP, "dependency" => dependency).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn actor_up(actor: &'static str, up: bool) {
+    gauge!(ACTOR_UP, "actor" => actor).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn seconds(name: &'static str, d: Duration) {
+    histogram!(name).record(d.as_secs_f64());
+}
+
+/// The sum of every series of metric `name` in a rendered scrape (the demo's summary reads its
+/// own counters this way, exactly as Prometheus would see them).
+pub fn total(rendered: &str, name: &str) -> f64 {
+    rendered
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod total_tests {
+    #[test]
+    fn sums_every_series_of_one_metric_only() {
+        let text = "# HELP a_total x\n# TYPE a_total counter\na_total{reason=\"x\"} 2\n\
+                    a_total{reason=\"y\"} 3\na_total_other 7\nb 1\n";
+        assert_eq!(super::total(text, "a_total"), 5.0);
+        assert_eq!(super::total(text, "b"), 1.0);
+        assert_eq!(super::total(text, "c"), 0.0);
+    }
+}

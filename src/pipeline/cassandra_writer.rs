@@ -1,0 +1,241 @@
+//! CassandraWriter: stores a batch's valid orders in Cassandra, dead-letters its invalid
+//! records, then hands the batch to the MysqlAggregator.
+//!
+//! Several batches may be written at once; one semaphore bounds the inserts in flight across
+//! all of them. The inserts run as a tokio task on the worker threads, not on the actor's
+//! thread: that thread also decodes records and drives MySQL, and insert completions queued
+//! behind it would leave the CQL connection idle. Inserts are idempotent upserts, retried with
+//! backoff while the store is down or slow (never skipped). A row the store refuses for its data is turned into a dead letter
+//! (docs/DESIGN.md, rule 10) instead of blocking the partition forever.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use backoff::ExponentialBackoff;
+use futures::StreamExt;
+use metrics::counter;
+use tokio::sync::Semaphore;
+
+use crate::model::batch::Batch;
+use crate::model::order::Reason;
+use crate::ops::telemetry;
+use crate::pipeline::dead_letters::{DeadLetter, DeadLetters, PublishDeadLetters};
+use crate::pipeline::olap_aggregator::{BatchWritten, MysqlAggregator};
+use crate::pipeline::{ActorFailed, Halt};
+use crate::stores::cassandra::{CassandraError, CassandraStore};
+
+/// Write this batch.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WriteBatch(pub Batch);
+
+pub struct CassandraWriter {
+    store: Arc<CassandraStore>,
+    permits: Arc<Semaphore>,
+    concurrency: usize,
+    aggregator: Addr<MysqlAggregator>,
+    dead_letters: Addr<DeadLetters>,
+    supervisor: Recipient<ActorFailed>,
+    backoff: ExponentialBackoff,
+}
+
+impl CassandraWriter {
+    pub fn new(
+        store: Arc<CassandraStore>,
+        concurrency: usize,
+        aggregator: Addr<MysqlAggregator>,
+        dead_letters: Addr<DeadLetters>,
+        supervisor: Recipient<ActorFailed>,
+        backoff: ExponentialBackoff,
+    ) -> Self {
+        Self {
+            store,
+            permits: Arc::new(Semaphore::new(concurrency)),
+            concurrency,
+            aggregator,
+            dead_letters,
+            supervisor,
+            backoff,
+        }
+    }
+}
+
+impl Actor for CassandraWriter {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(64);
+        telemetry::actor_up("cassandra_writer", true);
+    }
+    fn stopped(&mut self, _: &mut Self::Context) {
+        telemetry::actor_up("cassandra_writer", false);
+    }
+}
+
+impl Handler<Halt> for CassandraWriter {
+    type Result = ();
+    fn handle(&mut self, _: Halt, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// Inserts one order, retrying everything but a rejection of the data itself.
+async fn insert_with_retry(
+    store: &CassandraStore,
+    order: &crate::model::order::Order,
+    backoff: ExponentialBackoff,
+) -> Result<(), CassandraError> {
+    backoff::future::retry(backoff, || async {
+        store.insert(order).await.map_err(|e| {
+            if e.is_rejection() {
+                backoff::Error::permanent(e)
+            } else {
+                counter!(telemetry::CASSANDRA_RETRIES).increment(1);
+                tracing::debug!(error = %e, "cassandra insert failed, retrying");
+                backoff::Error::transient(e)
+            }
+        })
+    })
+    .await
+}
+
+/// Inserts a batch's orders, at most `concurrency` at once and within the shared permits;
+/// returns each order's outcome by its index in the batch.
+///
+/// An insert's future exists only once it holds a permit. With up to 16 batches in flight,
+/// each with `concurrency` inserts created up front and waiting on the semaphore, 8,192
+/// futures of about 4 KiB each (the driver's request future) sat in memory: tens of MiB
+/// touched for every few hundred inserts actually running.
+async fn insert_all(
+    store: Arc<CassandraStore>,
+    permits: Arc<Semaphore>,
+    backoff: ExponentialBackoff,
+    concurrency: usize,
+    orders: Vec<(usize, crate::model::order::Order)>,
+) -> Vec<(usize, Result<(), CassandraError>)> {
+    futures::stream::iter(orders)
+        .then(move |(i, order)| {
+            let permits = permits.clone();
+            // The semaphore is never closed, so acquire cannot fail.
+            async move { (i, order, permits.acquire_owned().await) }
+        })
+        .map(move |(i, order, permit)| {
+            let store = store.clone();
+            let backoff = backoff.clone();
+            async move {
+                let outcome = insert_with_retry(&store, &order, backoff).await;
+                drop(permit);
+                (i, outcome)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+/// A spawned task that is cancelled when its owner is dropped: a data-path restart drops the
+/// actor's futures, and the inserts of a dropped batch must stop with them (the replay writes
+/// them again).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn wait(mut self) -> Result<T, String> {
+        (&mut self.0)
+            .await
+            .map_err(|e| format!("cassandra writes: {e}"))
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Handler<WriteBatch> for CassandraWriter {
+    type Result = ();
+
+    fn handle(&mut self, WriteBatch(mut batch): WriteBatch, ctx: &mut Self::Context) {
+        let store = self.store.clone();
+        let permits = self.permits.clone();
+        let concurrency = self.concurrency;
+        let aggregator = self.aggregator.clone();
+        let dead_letters = self.dead_letters.clone();
+        let backoff = self.backoff.clone();
+        let work = async move {
+            let started = Instant::now();
+            let orders: Vec<(usize, crate::model::order::Order)> = batch
+                .records
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.order().map(|o| (i, o.clone())))
+                .collect();
+            let task = AbortOnDrop(tokio::spawn(insert_all(
+                store,
+                permits,
+                backoff,
+                concurrency,
+                orders,
+            )));
+            let outcomes = task.wait().await?;
+            let mut written = 0u64;
+            for (i, outcome) in outcomes {
+                match outcome {
+                    Ok(()) => written += 1,
+                    // Refused for its data: from now on it is a dead letter, not an order.
+                    Err(e) => batch.records[i].reject(Reason::StoreRejected, e.to_string()),
+                }
+            }
+            counter!(telemetry::CASSANDRA_ROWS).increment(written);
+            telemetry::seconds(telemetry::CASSANDRA_LATENCY, started.elapsed());
+
+            let letters: Vec<DeadLetter> =
+                batch.records.iter().filter_map(DeadLetter::of).collect();
+            if !letters.is_empty() {
+                dead_letters
+                    .send(PublishDeadLetters(letters))
+                    .await
+                    .map_err(|e| format!("dead letters: {e}"))?;
+            }
+            aggregator
+                .send(BatchWritten(batch))
+                .await
+                .map_err(|e| format!("mysql aggregator: {e}"))
+        };
+        ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
+            if let Err(error) = result {
+                act.supervisor.do_send(ActorFailed {
+                    actor: "cassandra_writer",
+                    error,
+                    fatal: false,
+                });
+                ctx.stop();
+            }
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::AbortOnDrop;
+
+    #[tokio::test]
+    async fn a_dropped_batch_stops_its_inserts() {
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let task = AbortOnDrop(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            flag.store(true, Ordering::SeqCst);
+        }));
+        drop(task);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!ran.load(Ordering::SeqCst), "the task outlived its batch");
+
+        let done = AbortOnDrop(tokio::spawn(async { 7 }));
+        assert_eq!(done.wait().await, Ok(7));
+    }
+}

@@ -1,0 +1,70 @@
+//! The data path: the actors, one file each, their supervisor and the progress watchdog, and
+//! the few things the actors share.
+//!
+//! Data flows KafkaConsumer → Batcher → CassandraWriter (→ DeadLetters) → OlapAggregator, and
+//! the aggregator's commit notice flows back to the consumer. `Flow` counts the batches in
+//! flight: the consumer pauses its partitions when the count reaches the limit, which bounds
+//! every queue behind it (backpressure without blocking the poll loop).
+
+pub mod batcher;
+pub mod cassandra_writer;
+pub mod consumer;
+pub mod dead_letters;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
+pub mod olap_aggregator;
+pub mod supervisor;
+pub mod watchdog;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use actix::prelude::*;
+
+/// Batches cut but not yet through MySQL.
+#[derive(Debug)]
+pub struct Flow {
+    in_flight: AtomicUsize,
+    pub max_in_flight: usize,
+}
+
+impl Flow {
+    pub fn new(max_in_flight: usize) -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            max_in_flight,
+        }
+    }
+    pub fn started(&self) {
+        let n = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        crate::ops::telemetry::in_flight(n);
+    }
+    pub fn finished(&self) {
+        let n = self
+            .in_flight
+            .fetch_sub(1, Ordering::AcqRel)
+            .saturating_sub(1);
+        crate::ops::telemetry::in_flight(n);
+    }
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+    pub fn saturated(&self) -> bool {
+        self.in_flight() >= self.max_in_flight
+    }
+}
+
+/// An actor reports an unexpected failure to its supervisor, which restarts the data path.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct ActorFailed {
+    pub actor: &'static str,
+    pub error: String,
+    /// A broken invariant that a restart cannot fix (the ledger is ahead of the topic, say):
+    /// the process stops with a non-zero code.
+    pub fatal: bool,
+}
+
+/// Stops an actor (data-path teardown).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Halt;

@@ -1,0 +1,272 @@
+//! The Cassandra / ScyllaDB side: session, schema, the idempotent insert and a paged read-back.
+//!
+//! The production write path is individual prepared, token-aware, idempotent `INSERT`s keyed by
+//! `order_id` (docs/DESIGN.md, rule 5): a replayed insert rewrites the same row with the same
+//! values. No counters, `now()`, list appends or multi-partition batches. Reads for audits page
+//! through the whole table instead of `count(*)` or `IN`, which real clusters do badly.
+
+use super::split_statements;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::Consistency;
+use scylla::value::CqlTimestamp;
+
+use crate::config::CassandraConfig;
+use crate::model::order::{Order, PaymentMethod};
+
+const SCHEMA: &str = include_str!("schema/cassandra.cql");
+
+/// Errors of the Cassandra store.
+#[derive(Debug, thiserror::Error)]
+pub enum CassandraError {
+    #[error("cannot connect to cassandra: {0}")]
+    Connect(String),
+    #[error("cassandra request failed: {0}")]
+    Request(String),
+    #[error("cassandra refused the row: {0}")]
+    Rejected(String),
+    #[error(
+        "cassandra keyspace {keyspace} has no table `orders`: run `orderstream migrate` first"
+    )]
+    NotMigrated { keyspace: String },
+    #[error("cassandra returned a malformed row: {0}")]
+    BadRow(String),
+}
+
+impl CassandraError {
+    /// Retry (the store is down or slow) or reject (the data itself is refused).
+    pub fn is_rejection(&self) -> bool {
+        matches!(self, Self::Rejected(_))
+    }
+}
+
+/// A connected session with the prepared insert.
+pub struct CassandraStore {
+    session: Session,
+    insert: PreparedStatement,
+    delete: PreparedStatement,
+    keyspace: String,
+}
+
+/// Opens a session (without preparing anything; `migrate` uses this before the table exists).
+pub async fn connect_session(cfg: &CassandraConfig) -> Result<Session, CassandraError> {
+    let consistency = cfg.consistency_level().unwrap_or(Consistency::LocalQuorum);
+    let profile = ExecutionProfile::builder()
+        .consistency(consistency)
+        .request_timeout(Some(Duration::from_millis(cfg.request_timeout_ms)))
+        .build();
+    let mut builder = SessionBuilder::new()
+        .known_nodes(&cfg.contact_points)
+        .connection_timeout(Duration::from_millis(cfg.request_timeout_ms))
+        .auto_await_schema_agreement(cfg.await_schema_agreement)
+        .default_execution_profile_handle(profile.into_handle());
+    if !cfg.user.is_empty() {
+        builder = builder.user(cfg.user.clone(), cfg.password.expose().to_owned());
+    }
+    builder
+        .build()
+        .await
+        .map_err(|e| CassandraError::Connect(e.to_string()))
+}
+
+impl CassandraStore {
+    /// Connects and prepares the insert; fails with `NotMigrated` when the table is missing.
+    pub async fn connect(cfg: &CassandraConfig) -> Result<Self, CassandraError> {
+        let session = connect_session(cfg).await?;
+        if !table_exists(&session, &cfg.keyspace, "orders").await? {
+            return Err(CassandraError::NotMigrated {
+                keyspace: cfg.keyspace.clone(),
+            });
+        }
+        let mut insert = session
+            .prepare(format!(
+                "INSERT INTO {}.orders (order_id, created_at, platform_id, product_id, quantity, \
+                 customer_id, payment_method) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                cfg.keyspace
+            ))
+            .await
+            .map_err(|e| CassandraError::Request(e.to_string()))?;
+        insert.set_is_idempotent(true);
+        let mut delete = session
+            .prepare(format!(
+                "DELETE FROM {}.orders WHERE order_id = ?",
+                cfg.keyspace
+            ))
+            .await
+            .map_err(|e| CassandraError::Request(e.to_string()))?;
+        delete.set_is_idempotent(true);
+        Ok(Self {
+            session,
+            insert,
+            delete,
+            keyspace: cfg.keyspace.clone(),
+        })
+    }
+
+    /// Upserts one order. Safe to repeat.
+    pub async fn insert(&self, order: &Order) -> Result<(), CassandraError> {
+        let values = (
+            order.order_id,
+            CqlTimestamp(order.created_at_ms),
+            order.platform_id,
+            order.product_id,
+            order.quantity,
+            order.customer_id,
+            order.payment_method.as_str(),
+        );
+        // Boxed: the driver's request future is about 4 KiB, and unboxed every layer above it
+        // (the retry, the stream of inserts, the task) carried it and moved it as it was built.
+        Box::pin(self.session.execute_unpaged(&self.insert, values))
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    /// Removes one order: the compensation when MySQL refuses an order that Cassandra already
+    /// holds (docs/DESIGN.md, rule 10), so a dead-lettered record is in neither store. Safe to
+    /// repeat.
+    pub async fn delete(&self, order_id: i64) -> Result<(), CassandraError> {
+        self.session
+            .execute_unpaged(&self.delete, (order_id,))
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    /// Reads every stored order by paging through the table (audits and tests).
+    pub async fn read_all(&self) -> Result<Vec<Order>, CassandraError> {
+        type Row = (i64, CqlTimestamp, i32, i32, i32, i32, String);
+        let mut select = scylla::statement::Statement::new(format!(
+            "SELECT order_id, created_at, platform_id, product_id, quantity, customer_id, \
+             payment_method FROM {}.orders",
+            self.keyspace
+        ));
+        select.set_page_size(5_000);
+        let pager = self
+            .session
+            .query_iter(select, ())
+            .await
+            .map_err(|e| CassandraError::Request(e.to_string()))?;
+        let mut rows = pager
+            .rows_stream::<Row>()
+            .map_err(|e| CassandraError::BadRow(e.to_string()))?;
+        let mut orders = Vec::new();
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .map_err(|e| CassandraError::Request(e.to_string()))?
+        {
+            let (order_id, created, platform_id, product_id, quantity, customer_id, method) = row;
+            let payment_method = PaymentMethod::parse(&method)
+                .ok_or_else(|| CassandraError::BadRow(format!("payment method {method:?}")))?;
+            orders.push(Order {
+                order_id,
+                created_at_ms: created.0,
+                platform_id,
+                product_id,
+                quantity,
+                customer_id,
+                payment_method,
+            });
+        }
+        Ok(orders)
+    }
+
+    /// Whether the store answers a trivial query (readiness).
+    pub async fn ping(&self) -> bool {
+        self.session
+            .query_unpaged("SELECT release_version FROM system.local", ())
+            .await
+            .is_ok()
+    }
+}
+
+fn classify(err: ExecutionError) -> CassandraError {
+    match &err {
+        // The node parsed the request and refused the values themselves: retrying cannot help.
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            DbError::Invalid | DbError::SyntaxError,
+            _,
+        ))
+        | ExecutionError::LastAttemptError(RequestAttemptError::SerializationError(_)) => {
+            CassandraError::Rejected(err.to_string())
+        }
+        _ => CassandraError::Request(err.to_string()),
+    }
+}
+
+/// Whether `keyspace.table` exists, read from system_schema (IF NOT EXISTS is not trusted: the
+/// emulator ignores it).
+pub async fn table_exists(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+) -> Result<bool, CassandraError> {
+    let result = session
+        .query_unpaged(
+            "SELECT keyspace_name, table_name FROM system_schema.tables",
+            (),
+        )
+        .await
+        .map_err(|e| CassandraError::Request(e.to_string()))?;
+    let rows = result
+        .into_rows_result()
+        .map_err(|e| CassandraError::BadRow(e.to_string()))?;
+    let mut found = false;
+    for row in rows
+        .rows::<(String, String)>()
+        .map_err(|e| CassandraError::BadRow(e.to_string()))?
+    {
+        let (ks, t) = row.map_err(|e| CassandraError::BadRow(e.to_string()))?;
+        found |= ks == keyspace && t == table;
+    }
+    Ok(found)
+}
+
+async fn keyspace_exists(session: &Session, keyspace: &str) -> Result<bool, CassandraError> {
+    let result = session
+        .query_unpaged("SELECT keyspace_name FROM system_schema.keyspaces", ())
+        .await
+        .map_err(|e| CassandraError::Request(e.to_string()))?;
+    let rows = result
+        .into_rows_result()
+        .map_err(|e| CassandraError::BadRow(e.to_string()))?;
+    let mut found = false;
+    for row in rows
+        .rows::<(String,)>()
+        .map_err(|e| CassandraError::BadRow(e.to_string()))?
+    {
+        found |= row.map_err(|e| CassandraError::BadRow(e.to_string()))?.0 == keyspace;
+    }
+    Ok(found)
+}
+
+/// Creates the keyspace and the table when missing. Safe to repeat.
+pub async fn migrate(cfg: &CassandraConfig) -> Result<(), CassandraError> {
+    let session = connect_session(cfg).await?;
+    let rendered = SCHEMA
+        .replace("{keyspace}", &cfg.keyspace)
+        .replace("{replication_factor}", &cfg.replication_factor.to_string());
+    let statements = split_statements(&rendered);
+    for statement in statements {
+        let creates_keyspace = statement.starts_with("CREATE KEYSPACE");
+        let exists = if creates_keyspace {
+            keyspace_exists(&session, &cfg.keyspace).await?
+        } else {
+            table_exists(&session, &cfg.keyspace, "orders").await?
+        };
+        if !exists {
+            session
+                .query_unpaged(statement, ())
+                .await
+                .map_err(|e| CassandraError::Request(e.to_string()))?;
+        }
+    }
+    Ok(())
+}

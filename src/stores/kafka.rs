@@ -1,0 +1,275 @@
+//! Kafka client settings, topic administration and the consumer's rebalance hook.
+//!
+//! Settings follow docs/DESIGN.md, rule 1: no auto-commit, no auto offset store, `earliest` only
+//! where the ledger has no row, and explicitly bounded prefetch and producer queues (librdkafka's
+//! defaults are 64 MiB and 1 GiB). The producer is idempotent with `acks=all`.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+use tokio::sync::mpsc;
+
+use crate::config::KafkaConfig;
+
+/// Errors of the Kafka side.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("kafka: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("creating topic {topic} failed: {code}")]
+    CreateTopic { topic: String, code: String },
+    #[error("kafka topic {0} does not exist: run `orderstream migrate` first")]
+    MissingTopic(String),
+    #[error("the kafka broker at {brokers} did not answer within {seconds} s")]
+    Unreachable { brokers: String, seconds: u64 },
+    #[error("creating topics at {brokers}: {source}")]
+    Admin {
+        brokers: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("reading topic {topic} timed out; unread (partition, end offset): {missing:?}")]
+    ReadTimeout {
+        topic: String,
+        missing: Vec<(i32, i64)>,
+    },
+}
+
+/// Settings of the pipeline's consumer.
+pub fn consumer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", &cfg.group_id)
+        .set("client.id", client_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+        .set("max.poll.interval.ms", cfg.max_poll_interval_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (cfg.session_timeout_ms / 4).max(100).to_string(),
+        )
+        .set(
+            "queued.max.messages.kbytes",
+            cfg.queued_max_messages_kbytes.to_string(),
+        )
+        // Prefetch is bounded by queued.max.messages.kbytes alone. A low queued.min.messages or
+        // librdkafka's 1 s fetch.queue.backoff.ms would leave the consumer idle for a second
+        // after every fetch round once the queue fills, so the pipeline would drain in waves at
+        // a third of the broker's rate.
+        .set("queued.min.messages", "100000")
+        .set("fetch.queue.backoff.ms", "10")
+        .set("partition.assignment.strategy", "range,roundrobin")
+        .set(
+            "socket.timeout.ms",
+            cfg.request_timeout_ms.max(1_000).to_string(),
+        )
+        // A fetch returns after at most 50 ms even when little data is waiting: freshness
+        // matters more here than the broker's request rate.
+        .set("fetch.wait.max.ms", "50");
+    if !cfg.debug.is_empty() {
+        c.set("debug", &cfg.debug);
+    }
+    c
+}
+
+/// Settings of the order producer and the dead-letter publisher.
+pub fn producer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("client.id", client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set(
+            "queue.buffering.max.kbytes",
+            cfg.producer_queue_max_kbytes.to_string(),
+        )
+        .set("queue.buffering.max.messages", "100000")
+        .set("message.timeout.ms", "0");
+    c
+}
+
+fn admin(cfg: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .create()?)
+}
+
+/// Creates the orders and dead-letter topics when missing. Safe to repeat and to race.
+///
+/// Topics that exist already are left alone, so a deployment may create them itself (a broker
+/// without CreateTopics, like librdkafka's mock cluster, or a user without that ACL).
+pub async fn create_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
+    wait_for_broker(cfg).await?;
+    let wanted = vec![
+        (cfg.topic.clone(), cfg.partitions),
+        (cfg.dead_letter_topic.clone(), cfg.partitions.clamp(1, 3)),
+    ];
+    let check = cfg.clone();
+    let probe = wanted.clone();
+    let missing: Vec<(String, i32)> = tokio::task::spawn_blocking(move || {
+        probe
+            .into_iter()
+            .filter(|(topic, _)| partition_count(&check, topic).is_err())
+            .collect()
+    })
+    .await
+    .unwrap_or(wanted);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let admin = admin(cfg)?;
+    let topics: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|(topic, partitions)| {
+            NewTopic::new(
+                topic,
+                *partitions,
+                TopicReplication::Fixed(cfg.replication_factor),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_millis(u64::from(
+        cfg.request_timeout_ms,
+    ))));
+    let created = admin
+        .create_topics(&topics, &options)
+        .await
+        .map_err(|source| KafkaError::Admin {
+            brokers: cfg.brokers.clone(),
+            source,
+        })?;
+    for result in created {
+        match result {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::CreateTopic {
+                    topic,
+                    code: code.to_string(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the broker answers a metadata request, saying so while it waits; gives up after
+/// six request timeouts (a minute by default), naming the broker.
+async fn wait_for_broker(cfg: &KafkaConfig) -> Result<(), KafkaError> {
+    let started = std::time::Instant::now();
+    let budget = Duration::from_millis(u64::from(cfg.request_timeout_ms)) * 6;
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .create()?;
+    let client = std::sync::Arc::new(client);
+    let attempt = Duration::from_millis(u64::from(cfg.request_timeout_ms)).min(budget / 2);
+    loop {
+        let probe = client.clone();
+        let answered = tokio::task::spawn_blocking(move || probe.fetch_metadata(None, attempt))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if answered {
+            return Ok(());
+        }
+        if started.elapsed() >= budget {
+            return Err(KafkaError::Unreachable {
+                brokers: cfg.brokers.clone(),
+                seconds: started.elapsed().as_secs(),
+            });
+        }
+        tracing::warn!(
+            brokers = %cfg.brokers,
+            waited_s = started.elapsed().as_secs(),
+            "waiting for the kafka broker to answer"
+        );
+    }
+}
+
+/// Partition count of a topic, or `MissingTopic`. Blocking: call from `spawn_blocking`.
+pub fn partition_count(cfg: &KafkaConfig, topic: &str) -> Result<usize, KafkaError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .create()?;
+    let timeout = Duration::from_millis(u64::from(cfg.request_timeout_ms));
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let count = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
+    if count == 0 {
+        return Err(KafkaError::MissingTopic(topic.to_owned()));
+    }
+    Ok(count)
+}
+
+/// A change of this member's assignment, handed from the rebalance callback to the actor.
+#[derive(Debug, Clone)]
+pub enum AssignmentChange {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// The consumer context: new partitions start paused (docs/DESIGN.md, rule 2) and the actor is
+/// told, so that it can claim them in the ledger and seek there without blocking the poll loop.
+pub struct LedgerContext {
+    pub topic: String,
+    pub changes: mpsc::Sender<AssignmentChange>,
+}
+
+// The lag is measured against the ledger for every partition (watchdog.rs), not from
+// librdkafka's statistics, which know only this member's assignment.
+impl ClientContext for LedgerContext {}
+
+impl ConsumerContext for LedgerContext {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let change = match rebalance {
+            Rebalance::Assign(tpl) => {
+                if let Err(err) = consumer.pause(tpl) {
+                    tracing::error!(%err, "cannot pause newly assigned partitions");
+                }
+                AssignmentChange::Assigned(partitions_of(tpl, &self.topic))
+            }
+            Rebalance::Revoke(tpl) => AssignmentChange::Revoked(partitions_of(tpl, &self.topic)),
+            Rebalance::Error(err) => {
+                tracing::warn!(%err, "rebalance error");
+                return;
+            }
+        };
+        tracing::info!(?change, "group rebalance");
+        crate::ops::telemetry::rebalance(match change {
+            AssignmentChange::Assigned(_) => "assign",
+            AssignmentChange::Revoked(_) => "revoke",
+        });
+        // The channel is far larger than the number of rebalances between two polls.
+        match self.changes.try_send(change) {
+            Ok(()) => {}
+            // The actor is stopping: nothing left to claim for.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!("assignment change after stop")
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::error!("assignment change lost: actor mailbox full")
+            }
+        }
+    }
+}
+
+fn partitions_of(tpl: &rdkafka::TopicPartitionList, topic: &str) -> Vec<i32> {
+    let mut partitions: Vec<i32> = tpl
+        .elements()
+        .iter()
+        .filter(|e| e.topic() == topic)
+        .map(|e| e.partition())
+        .collect();
+    partitions.sort_unstable();
+    partitions
+}
