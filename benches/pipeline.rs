@@ -544,7 +544,8 @@ fn make_batch(
 async fn claim_all(pool: &sqlx::MySqlPool, topic: &str, owner: &str) -> BTreeMap<i32, i64> {
     let mut epochs = BTreeMap::new();
     for p in 0..partitions() {
-        let claim = orderstream::stores::olap::mysql::claim(pool, topic, p, owner, 0)
+        let claim = orderstream::stores::olap::OlapStore::Mysql((pool).clone())
+            .claim(topic, p, owner, 0)
             .await
             .unwrap();
         epochs.insert(p, claim.epoch);
@@ -564,7 +565,8 @@ async fn raw_mysql(pool: &sqlx::MySqlPool, sample: &[Order], size: usize) -> f64
         .collect();
     let started = Instant::now();
     for b in &batches {
-        orderstream::stores::olap::mysql::apply_batch(pool, topic, b)
+        orderstream::stores::olap::OlapStore::Mysql((pool).clone())
+            .apply_batch(topic, b)
             .await
             .unwrap();
     }
@@ -585,7 +587,8 @@ async fn baseline(cfg: &Config, count: u64, insert_concurrency: usize) -> f64 {
         .create()
         .unwrap();
     let epochs = claim_all(&pool, topic, "baseline").await;
-    let ledger = orderstream::stores::olap::mysql::read_ledger(&pool, topic)
+    let ledger = orderstream::stores::olap::OlapStore::Mysql((&pool).clone())
+        .read_ledger(topic)
         .await
         .unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -636,7 +639,8 @@ async fn baseline(cfg: &Config, count: u64, insert_concurrency: usize) -> f64 {
             .filter_map(|r| r.order().cloned())
             .collect();
         insert_all(&store, &orders, insert_concurrency).await;
-        let report = orderstream::stores::olap::mysql::apply_batch(&pool, topic, &batch)
+        let report = orderstream::stores::olap::OlapStore::Mysql((&pool).clone())
+            .apply_batch(topic, &batch)
             .await
             .unwrap();
         let mut commit = TopicPartitionList::new();

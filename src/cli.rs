@@ -14,20 +14,14 @@ use rdkafka::producer::Producer as _;
 use sqlx::MySqlPool;
 
 use crate::config::Config;
-use crate::model::order::Reason;
-use crate::ops::{telemetry, Health};
-use crate::pipeline::supervisor::{retry_backoff, Drain, Pipeline, Stores};
+use crate::ops::Health;
+use crate::pipeline::supervisor::{instance_name, retry_backoff, Drain, Pipeline, Stores};
 use crate::stores::cassandra::{CassandraError, CassandraStore};
 use crate::stores::kafka::{self, KafkaError};
-use crate::stores::olap::mysql::{self, MysqlError};
 use crate::stores::olap::OlapStore;
+use crate::stores::olap::{mysql, OlapError};
 use crate::tools::node_lease::LeaseKeeper;
 use crate::tools::producer::OrderProducer;
-
-/// A command-line argument that cannot work; the process exits 64 (sysexits' EX_USAGE).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
 
 /// `migrate`: topics, Cassandra keyspace and table, MySQL schema and seeds. Idempotent; runs
 /// under a MySQL named lock so concurrent runs serialize.
@@ -81,7 +75,7 @@ pub async fn connect_stores(cfg: &Config) -> anyhow::Result<(Stores, MySqlPool)>
     wait_for(
         cfg,
         "mysql",
-        |e: &MysqlError| !e.is_transient(),
+        |e: &OlapError| !e.is_transient(),
         || mysql::check_migrated(&pool, &cfg.mysql),
     )
     .await?;
@@ -118,38 +112,6 @@ pub async fn connect_stores(cfg: &Config) -> anyhow::Result<(Stores, MySqlPool)>
     Ok((stores, pool))
 }
 
-/// A name for this instance in the ledger and in client ids.
-pub fn instance_name() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "orderstream".into());
-    format!(
-        "{host}-{}-{:04x}",
-        std::process::id(),
-        rand::random::<u16>()
-    )
-}
-
-/// Binds the operations port before anything else starts: a port in use stops startup with a
-/// message naming `http.listen`, instead of a process that runs without its health checks.
-/// Returns the metrics handle (the demo reads its summary from it).
-pub async fn start_http(
-    cfg: &Config,
-    health: Arc<Health>,
-) -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
-    let handle = telemetry::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
-    telemetry::dead_letter_reasons(Reason::ALL.iter().map(|r| r.as_str()));
-    tokio::spawn(crate::ops::sample_process(handle.clone()));
-    if cfg.http.listen.is_empty() {
-        return Ok(handle);
-    }
-    let addr: SocketAddr = cfg.http.listen.parse()?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("http.listen = {addr}: cannot listen: {e}"))?;
-    tracing::info!(%addr, "operations port listening");
-    tokio::spawn(crate::ops::serve_http(listener, handle.clone(), health));
-    Ok(handle)
-}
-
 /// Leases a producer node (see `node_lease`) and starts the producer on it.
 async fn start_producer(
     cfg: &Config,
@@ -165,7 +127,7 @@ async fn start_producer(
         name.clone(),
         Duration::from_millis(cfg.producer.lease_ttl_ms),
         cfg.producer.instance_id,
-        backoff(cfg),
+        retry_backoff(cfg),
     )
     .await?;
     let producer: rdkafka::producer::FutureProducer =
@@ -205,7 +167,7 @@ pub async fn run(
     let cfg = Arc::new(cfg);
     let health = Arc::new(Health::default());
     health.progress();
-    start_http(&cfg, health.clone()).await?;
+    crate::ops::start(&cfg.http.listen, health.clone()).await?;
     let starting = async {
         if migrate_first {
             migrate(&cfg).await?;
@@ -257,13 +219,13 @@ pub async fn produce(mut cfg: Config, rate: u32, count: u64) -> anyhow::Result<i
     let health = Arc::new(Health::default());
     health.progress();
     cfg.http.listen = producer_listen(&cfg);
-    start_http(&cfg, health.clone()).await?;
+    crate::ops::start(&cfg.http.listen, health.clone()).await?;
     let started = std::time::Instant::now();
     let pool = mysql::connect(&cfg.mysql).await?;
     wait_for(
         &cfg,
         "mysql",
-        |e: &MysqlError| !e.is_transient(),
+        |e: &OlapError| !e.is_transient(),
         || mysql::check_migrated(&pool, &cfg.mysql),
     )
     .await?;
@@ -330,9 +292,4 @@ pub async fn healthcheck(cfg: &Config, producer: bool) -> anyhow::Result<i32> {
         eprintln!("unhealthy: {}", response.lines().next().unwrap_or(""));
         Ok(1)
     }
-}
-
-/// The retry policy, exposed for tests that drive actors directly.
-pub fn backoff(cfg: &Config) -> backoff::ExponentialBackoff {
-    retry_backoff(cfg)
 }

@@ -263,7 +263,10 @@ fn main() -> anyhow::Result<()> {
     // that matters is committed by now.
     let code = match code {
         Ok(code) => code,
-        Err(e) if e.downcast_ref::<orderstream::cli::UsageError>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<orderstream::config::UsageError>()
+                .is_some() =>
+        {
             eprintln!("orderstream: {e}");
             EXIT_USAGE
         }

@@ -82,7 +82,7 @@ async fn rejections(cfg: &orderstream::config::Config) -> Rejections {
             cfg.kafka.dead_letter_topic.clone(),
             cfg.kafka.topic.clone(),
             cfg.pipeline.max_record_bytes,
-            orderstream::cli::backoff(cfg),
+            orderstream::pipeline::supervisor::retry_backoff(cfg),
         )
         .start(),
         cassandra: Arc::new(
@@ -134,7 +134,7 @@ async fn out_of_order_writes_commit_in_offset_order(backend: Backend) {
         flow.clone(),
         recorder.clone().recipient(),
         Arc::new(Health::default()),
-        orderstream::cli::backoff(&cfg),
+        orderstream::pipeline::supervisor::retry_backoff(&cfg),
     )
     .start();
     aggregator

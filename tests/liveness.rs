@@ -61,7 +61,8 @@ where
 }
 
 async fn ledger(env: &Env, partitions: i32) -> BTreeMap<i32, i64> {
-    orderstream::stores::olap::mysql::read_ledger(&env.mysql(partitions).await, &env.names.topic)
+    orderstream::stores::olap::OlapStore::Mysql((&env.mysql(partitions).await).clone())
+        .read_ledger(&env.names.topic)
         .await
         .unwrap_or_default()
 }
@@ -187,12 +188,11 @@ async fn two_instances_one_sigkilled_the_survivor_takes_every_partition() {
         )
         .await;
         // Every partition was last claimed by the survivor.
-        let owners = orderstream::stores::olap::mysql::read_ledger_owners(
-            &env.mysql(PARTITIONS).await,
-            &env.names.topic,
-        )
-        .await
-        .unwrap();
+        let owners =
+            orderstream::stores::olap::OlapStore::Mysql((&env.mysql(PARTITIONS).await).clone())
+                .read_ledger_owners(&env.names.topic)
+                .await
+                .unwrap();
         assert_eq!(owners.len(), PARTITIONS as usize);
         for (partition, (_, owner)) in &owners {
             assert!(

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use orderstream::model::aggregate::Deltas;
 use orderstream::stores::cassandra::CassandraStore;
-use orderstream::stores::olap::mysql;
 
 use crate::common::{self, Env};
 
@@ -129,13 +128,19 @@ async fn twenty_thousand_orders_are_stored_exactly_once() {
     );
 
     // Aggregates equal the sums recomputed from the orders, key by key.
-    let aggregates = mysql::read_aggregates(&pool).await.unwrap();
+    let aggregates = orderstream::stores::olap::OlapStore::Mysql((&pool).clone())
+        .read_aggregates()
+        .await
+        .unwrap();
     let recomputed = Deltas::fold(&produced);
     assert_eq!(aggregates.daily, recomputed.daily);
     assert_eq!(aggregates.per_minute, recomputed.per_minute);
 
     // The ledger is at the log end, and Kafka's committed offsets agree with it.
-    let ledger = mysql::read_ledger(&pool, &env.names.topic).await.unwrap();
+    let ledger = orderstream::stores::olap::OlapStore::Mysql((&pool).clone())
+        .read_ledger(&env.names.topic)
+        .await
+        .unwrap();
     assert_eq!(ledger, ends);
     let partitions: Vec<i32> = ends.keys().copied().collect();
     let committed = common::committed(

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use orderstream::stores::olap::mysql;
-
 use crate::common::{self, Env};
 
 async fn wait_until_done(env: &Env, partitions: i32) {
@@ -104,7 +102,8 @@ async fn drain_timeout_abandons_a_stuck_batch_and_exits_0() {
     common::eventually(Duration::from_secs(60), "partition claimed", || {
         let (pool, topic) = (pool.clone(), topic.clone());
         async move {
-            mysql::read_ledger(&pool, &topic)
+            orderstream::stores::olap::OlapStore::Mysql((&pool).clone())
+                .read_ledger(&topic)
                 .await
                 .map(|l| l.len() == 1)
                 .unwrap_or(false)
@@ -131,7 +130,10 @@ async fn drain_timeout_abandons_a_stuck_batch_and_exits_0() {
         "the drain waited for its timeout, then stopped: {drain:?}"
     );
     assert_eq!(common::applied(&pool, &topic).await, 0, "nothing applied");
-    let aggregates = mysql::read_aggregates(&pool).await.unwrap();
+    let aggregates = orderstream::stores::olap::OlapStore::Mysql((&pool).clone())
+        .read_aggregates()
+        .await
+        .unwrap();
     assert!(aggregates.daily.is_empty() && aggregates.per_minute.is_empty());
     println!(
         "FIGURES: stuck batch abandoned; exit 0 after {:.2} s (drain timeout 2 s)",

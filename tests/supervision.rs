@@ -55,7 +55,8 @@ async fn a_spent_restart_budget_exits_3_naming_the_actor_and_its_error() {
         3,
         "three restarts, then the exit"
     );
-    let ledger = orderstream::stores::olap::mysql::read_ledger(&pool, &env.names.topic)
+    let ledger = orderstream::stores::olap::OlapStore::Mysql((&pool).clone())
+        .read_ledger(&env.names.topic)
         .await
         .unwrap();
     assert_eq!(ledger.values().sum::<i64>(), 0, "nothing committed");

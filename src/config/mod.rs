@@ -745,6 +745,11 @@ impl CassandraConfig {
     }
 }
 
+/// A command-line argument that cannot work; the process exits 64 (sysexits' EX_USAGE).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 #[cfg(test)]
 mod tests {
     use super::*;

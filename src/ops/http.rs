@@ -1,5 +1,6 @@
 //! The operations port: `/metrics`, `/healthz`, `/readyz`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use super::health::Health;
 
 /// Serves the operations port until the process ends. A deliberately tiny HTTP/1.0 responder:
 /// three GET routes do not justify a web framework.
-pub async fn serve_http(listener: TcpListener, handle: PrometheusHandle, health: Arc<Health>) {
+async fn serve_http(listener: TcpListener, handle: PrometheusHandle, health: Arc<Health>) {
     loop {
         let mut stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -61,4 +62,22 @@ pub async fn serve_http(listener: TcpListener, handle: PrometheusHandle, health:
             let _ = stream.write_all(body.as_bytes()).await;
         });
     }
+}
+
+/// Binds the operations port before anything else starts: a port in use stops startup with a
+/// message naming `http.listen`, instead of a process that runs without its health checks.
+/// Returns the metrics handle (the demo reads its summary from it).
+pub async fn start(listen: &str, health: Arc<Health>) -> anyhow::Result<PrometheusHandle> {
+    let handle = super::telemetry::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+    tokio::spawn(super::sample_process(handle.clone()));
+    if listen.is_empty() {
+        return Ok(handle);
+    }
+    let addr: SocketAddr = listen.parse()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("http.listen = {addr}: cannot listen: {e}"))?;
+    tracing::info!(%addr, "operations port listening");
+    tokio::spawn(serve_http(listener, handle.clone(), health));
+    Ok(handle)
 }

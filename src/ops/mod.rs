@@ -9,6 +9,6 @@ mod signals;
 pub mod telemetry;
 
 pub use health::Health;
-pub use http::serve_http;
+pub use http::start;
 pub use process::{cpu_seconds, sample_process};
 pub use signals::{shutdown_signal, Shutdown};

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::model::batch::BatchLimits;
+use crate::model::order::Reason;
 use crate::ops::{telemetry, Health};
 use crate::pipeline::batcher::{Batcher, FlushOpen};
 use crate::pipeline::cassandra_writer::CassandraWriter;
@@ -238,7 +239,7 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Asks `app::run` to end the process with `code` (the first request wins).
+    /// Asks `cli::run` to end the process with `code` (the first request wins).
     fn exit(&self, code: i32) {
         let _ = self.exit.try_send(code);
     }
@@ -502,6 +503,7 @@ fn watermarks(
 impl Actor for Pipeline {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Self::Context) {
+        telemetry::dead_letter_reasons(Reason::ALL.iter().map(|r| r.as_str()));
         ctx.run_interval(WATCH_EVERY, |act, ctx| act.watch(ctx));
         if let Err(error) = self.start_path(ctx) {
             self.restart("consumer", error, ctx);
@@ -588,4 +590,14 @@ impl Handler<Drain> for Pipeline {
         };
         Box::pin(fut.into_actor(self))
     }
+}
+
+/// A name for this instance in the ledger and in client ids.
+pub fn instance_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "orderstream".into());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
 }

@@ -27,7 +27,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::mocking::MockCluster;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cli as app;
 use crate::config::Config;
 use crate::ops::{telemetry, Health};
 use crate::pipeline::supervisor::{Drain, Pipeline, Stores};
@@ -96,15 +95,21 @@ pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<i32> {
 
     let health = Arc::new(Health::default());
     health.progress();
-    let metrics = app::start_http(&cfg, health.clone()).await?;
+    let metrics = crate::ops::start(&cfg.http.listen, health.clone()).await?;
     let cfg = Arc::new(cfg);
     let (exit_tx, mut exit_rx) = mpsc::channel(1);
     let stores = Stores {
         cassandra,
         olap: olap.clone(),
     };
-    let pipeline =
-        Pipeline::new(cfg.clone(), stores, health, app::instance_name(), exit_tx).start();
+    let pipeline = Pipeline::new(
+        cfg.clone(),
+        stores,
+        health,
+        crate::pipeline::supervisor::instance_name(),
+        exit_tx,
+    )
+    .start();
 
     let (done_tx, mut done_rx) = oneshot::channel();
     let producer = OrderProducer::new(
@@ -179,7 +184,7 @@ pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<i32> {
 async fn open_olap(path: Option<&Path>, topic: &str) -> anyhow::Result<OlapStore> {
     if let Some(dir) = path.and_then(Path::parent) {
         if !dir.as_os_str().is_empty() && !dir.is_dir() {
-            return Err(app::UsageError(format!(
+            return Err(crate::config::UsageError(format!(
                 "--sqlite {}: the directory {} does not exist",
                 path.map(Path::display)
                     .map(|d| d.to_string())

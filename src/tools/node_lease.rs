@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{MySqlPool, Row};
 
-use crate::stores::olap::mysql::MysqlError;
+use crate::stores::olap::OlapError;
 
 /// Nodes in an order id (10 bits).
 pub const NODES: u16 = 1024;
@@ -27,7 +27,7 @@ pub const NODES: u16 = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     #[error(transparent)]
-    Mysql(#[from] MysqlError),
+    Mysql(#[from] OlapError),
     #[error("all {NODES} producer nodes are leased: too many producers, or stale leases not yet expired")]
     NoFreeNode,
     #[error("producer node {0} is leased by another producer (producer.instance_id)")]
@@ -136,7 +136,7 @@ impl NodeLease {
         .bind(&self.owner)
         .execute(&self.pool)
         .await
-        .map_err(MysqlError::from)?
+        .map_err(OlapError::from)?
         .rows_affected();
         if renewed != 1 {
             return Err(LeaseError::Lost(self.node));
@@ -173,21 +173,6 @@ fn ms(d: Duration) -> i64 {
 /// so renewals at a third of the lease time keep the reservation ahead of the clock.
 fn reservation(used_ms: i64, ttl: Duration) -> i64 {
     chrono::Utc::now().timestamp_millis().max(used_ms) + 2 * ms(ttl)
-}
-
-/// Seeds one lease row per node (expired), so acquiring always finds a row to lock.
-pub async fn seed(conn: &mut sqlx::MySqlConnection) -> Result<(), MysqlError> {
-    let mut q = sqlx::QueryBuilder::<sqlx::MySql>::new(
-        "INSERT IGNORE INTO producer_leases (node_id, owner, expires_at, reserved_until_ms) ",
-    );
-    q.push_values(0..NODES, |mut b, node| {
-        b.push_bind(node)
-            .push_bind("")
-            .push("'1970-01-01 00:00:01'")
-            .push_bind(0i64);
-    });
-    q.build().execute(conn).await?;
-    Ok(())
 }
 
 /// What the producer may use right now.

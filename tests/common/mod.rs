@@ -729,7 +729,8 @@ where
 
 /// Orders applied so far: the sum of the ledger's positions (0 before the first claim).
 pub async fn applied(pool: &sqlx::MySqlPool, topic: &str) -> i64 {
-    orderstream::stores::olap::mysql::read_ledger(pool, topic)
+    orderstream::stores::olap::OlapStore::Mysql((pool).clone())
+        .read_ledger(topic)
         .await
         .map(|l| l.values().sum())
         .unwrap_or(0)
@@ -815,7 +816,8 @@ pub async fn ledger_reaches(pool: &sqlx::MySqlPool, topic: &str, ends: &BTreeMap
         Duration::from_secs(300),
         "the ledger to reach the log end",
         || async {
-            orderstream::stores::olap::mysql::read_ledger(pool, topic)
+            orderstream::stores::olap::OlapStore::Mysql((pool).clone())
+                .read_ledger(topic)
                 .await
                 .map(|l| &l == ends)
                 .unwrap_or(false)
@@ -860,14 +862,16 @@ pub async fn assert_stores_hold(env: &Env, partitions: i32, want: &[Order]) {
         "cassandra rows differ from the produced orders"
     );
     let pool = env.mysql(partitions).await;
-    let aggregates = orderstream::stores::olap::mysql::read_aggregates(&pool)
+    let aggregates = orderstream::stores::olap::OlapStore::Mysql((&pool).clone())
+        .read_aggregates()
         .await
         .unwrap();
     let recomputed = orderstream::model::aggregate::Deltas::fold(&want);
     assert_eq!(aggregates.daily, recomputed.daily);
     assert_eq!(aggregates.per_minute, recomputed.per_minute);
     assert_eq!(
-        orderstream::stores::olap::mysql::read_ledger(&pool, &env.names.topic)
+        orderstream::stores::olap::OlapStore::Mysql((&pool).clone())
+            .read_ledger(&env.names.topic)
             .await
             .unwrap(),
         log_ends(&env.broker.addr(), &env.names.topic)

@@ -1,28 +1,29 @@
-//! The OLAP store behind one interface: MySQL/MariaDB in production, SQLite in the demo.
+//! The OLAP store: aggregates and the offset ledger, in MySQL/MariaDB in production or in
+//! SQLite in the demo.
 //!
-//! Both hold the same tables (aggregates, the offset ledger) and run the same protocol: the
-//! decision about what a batch may change is shared (`ledger.rs`); the dialect and the locking
-//! are the only differences (`mysql.rs`, `sqlite.rs`). The actors, the supervisor and the audit
-//! see only [`OlapStore`] and [`OlapError`].
+//! The ledger protocol is written once (`protocol.rs`) over `sqlx`; each backend contributes a
+//! [`protocol::Dialect`] (its SQL spelling, locking and error codes), a schema file, and how to
+//! connect and migrate (`mysql.rs`, `sqlite.rs`). The actors, the supervisor and the audit see
+//! only [`OlapStore`] and [`OlapError`].
+
+pub mod mysql;
+mod protocol;
+pub mod sqlite;
 
 use std::collections::BTreeMap;
 
-use sqlx::{MySqlPool, SqlitePool};
+use sqlx::{MySql, MySqlPool, Sqlite, SqlitePool};
 
 use crate::model::aggregate::Deltas;
 use crate::model::batch::Batch;
-use crate::model::ledger::{ApplyReport, Claim};
-pub mod mysql;
-pub mod sqlite;
-
-use mysql::MysqlError;
-use sqlite::SqliteError;
+pub use crate::model::ledger::{ApplyReport, Claim};
+use protocol::Protocol;
 
 const SEEDS: &str = include_str!("../schema/seeds.sql");
 
 /// The dimension seeds as statements, each opening with `insert_ignore` (the dialect's
 /// insert-if-absent, e.g. `INSERT IGNORE INTO`) instead of `INSERT INTO`.
-pub fn seed_statements(insert_ignore: &str) -> Vec<String> {
+fn seed_statements(insert_ignore: &str) -> Vec<String> {
     crate::stores::split_statements(SEEDS)
         .into_iter()
         .map(|s| s.replacen("INSERT INTO", insert_ignore, 1))
@@ -36,42 +37,75 @@ pub enum OlapStore {
     Sqlite(SqlitePool),
 }
 
-/// Errors of either store, classified the same way.
+/// Errors of the OLAP store, whichever backend.
 #[derive(Debug, thiserror::Error)]
 pub enum OlapError {
-    #[error(transparent)]
-    Mysql(#[from] MysqlError),
-    #[error(transparent)]
-    Sqlite(#[from] SqliteError),
+    #[error("{}: {}", backend_of(.0), .0)]
+    Sql(#[from] sqlx::Error),
+    #[error("{store} database {database} is not migrated (schema version {found:?}, expected {expected}): run `orderstream migrate` first")]
+    NotMigrated {
+        store: &'static str,
+        database: String,
+        found: Option<i32>,
+        expected: i32,
+    },
+    #[error("could not take the migration lock within 120 s")]
+    LockTimeout,
+}
+
+/// The backend an error came from, for messages.
+fn backend_of(err: &sqlx::Error) -> &'static str {
+    match err.as_database_error() {
+        Some(db) if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => "sqlite",
+        Some(_) => "mysql",
+        None => "olap store",
+    }
 }
 
 impl OlapError {
-    /// Retry (the store is unreachable, busy or deadlocked) or not.
+    /// Retry (the store is unreachable, busy, deadlocked or waiting on a lock) or not (a bug, or
+    /// refused data).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Mysql(e) => e.is_transient(),
-            Self::Sqlite(e) => e.is_transient(),
+            Self::Sql(sqlx::Error::Database(db)) => {
+                mysql::is_transient(db.as_ref()) || sqlite::is_transient(db.as_ref())
+            }
+            Self::Sql(
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::Tls(_),
+            ) => true,
+            Self::Sql(_) | Self::NotMigrated { .. } | Self::LockTimeout => false,
         }
     }
 
-    /// The store refused the data itself: dead-letter the record (docs/DESIGN.md, rule 10).
+    /// The store refused the data itself (a value out of a column's range, a constraint):
+    /// retrying cannot help, the offending record is dead-lettered instead (docs/DESIGN.md,
+    /// rule 10).
     pub fn is_data_rejection(&self) -> bool {
         match self {
-            Self::Mysql(e) => e.is_data_rejection(),
-            Self::Sqlite(e) => e.is_data_rejection(),
+            Self::Sql(sqlx::Error::Database(db)) => {
+                mysql::is_data_rejection(db.as_ref()) || sqlite::is_data_rejection(db.as_ref())
+            }
+            _ => false,
         }
     }
 }
 
-impl OlapStore {
-    /// Which store this is, for logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Mysql(_) => "mysql",
-            Self::Sqlite(_) => "sqlite",
+/// Runs the same protocol call on whichever backend `$store` is.
+macro_rules! on_backend {
+    ($store:expr, $call:ident ( $($arg:expr),* )) => {
+        match $store {
+            OlapStore::Mysql(pool) => Protocol::<MySql>::$call(pool $(, $arg)*).await,
+            OlapStore::Sqlite(pool) => Protocol::<Sqlite>::$call(pool $(, $arg)*).await,
         }
-    }
+    };
+}
 
+impl OlapStore {
     /// Claims a partition in the ledger (docs/DESIGN.md, rule 2).
     pub async fn claim(
         &self,
@@ -80,38 +114,27 @@ impl OlapStore {
         owner: &str,
         start_offset: i64,
     ) -> Result<Claim, OlapError> {
-        Ok(match self {
-            Self::Mysql(p) => mysql::claim(p, topic, partition, owner, start_offset).await?,
-            Self::Sqlite(p) => sqlite::claim(p, topic, partition, owner, start_offset).await?,
-        })
+        on_backend!(self, claim(topic, partition, owner, start_offset))
     }
 
     /// Applies a batch in one transaction (docs/DESIGN.md, rule 4).
     pub async fn apply_batch(&self, topic: &str, batch: &Batch) -> Result<ApplyReport, OlapError> {
-        Ok(match self {
-            Self::Mysql(p) => mysql::apply_batch(p, topic, batch).await?,
-            Self::Sqlite(p) => sqlite::apply_batch(p, topic, batch).await?,
-        })
+        on_backend!(self, apply_batch(topic, batch))
     }
 
-    /// The orders of a batch the store refuses for their data (docs/DESIGN.md, rule 10).
+    /// The orders of a batch the store refuses for their data (docs/DESIGN.md, rule 10):
+    /// (record index, the server's message).
     pub async fn find_rejected(
         &self,
         topic: &str,
         batch: &Batch,
     ) -> Result<Vec<(usize, String)>, OlapError> {
-        Ok(match self {
-            Self::Mysql(p) => mysql::find_rejected(p, topic, batch).await?,
-            Self::Sqlite(p) => sqlite::find_rejected(p, topic, batch).await?,
-        })
+        on_backend!(self, find_rejected(topic, batch))
     }
 
     /// The ledger of a topic: partition → next offset.
     pub async fn read_ledger(&self, topic: &str) -> Result<BTreeMap<i32, i64>, OlapError> {
-        Ok(match self {
-            Self::Mysql(p) => mysql::read_ledger(p, topic).await?,
-            Self::Sqlite(p) => sqlite::read_ledger(p, topic).await?,
-        })
+        on_backend!(self, read_ledger(topic))
     }
 
     /// The ledger of a topic with each row's owner: partition → (next offset, owner).
@@ -119,41 +142,26 @@ impl OlapStore {
         &self,
         topic: &str,
     ) -> Result<BTreeMap<i32, (i64, String)>, OlapError> {
-        Ok(match self {
-            Self::Mysql(p) => mysql::read_ledger_owners(p, topic).await?,
-            Self::Sqlite(p) => sqlite::read_ledger_owners(p, topic).await?,
-        })
+        on_backend!(self, read_ledger_owners(topic))
     }
 
     /// Both aggregate tables, as stored.
     pub async fn read_aggregates(&self) -> Result<Deltas, OlapError> {
-        Ok(match self {
-            Self::Mysql(p) => mysql::read_aggregates(p).await?,
-            Self::Sqlite(p) => sqlite::read_aggregates(p).await?,
-        })
+        on_backend!(self, read_aggregates())
     }
 
     /// The ledger and the aggregates as of one instant (the audit).
     pub async fn snapshot(&self, topic: &str) -> Result<(BTreeMap<i32, i64>, Deltas), OlapError> {
-        Ok(match self {
-            Self::Mysql(p) => mysql::snapshot(p, topic).await?,
-            Self::Sqlite(p) => sqlite::snapshot(p, topic).await?,
-        })
+        on_backend!(self, snapshot(topic))
     }
 
     /// Today's (UTC) sales and profit by category: (category, sales, profit).
     pub async fn sales_today_by_category(&self) -> Result<Vec<(String, f64, f64)>, OlapError> {
-        Ok(match self {
-            Self::Mysql(p) => mysql::sales_today_by_category(p).await?,
-            Self::Sqlite(p) => sqlite::sales_today_by_category(p).await?,
-        })
+        on_backend!(self, sales_today_by_category())
     }
 
     /// Whether the store answers (readiness probe).
     pub async fn ping(&self) -> bool {
-        match self {
-            Self::Mysql(p) => sqlx::query("SELECT 1").execute(p).await.is_ok(),
-            Self::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.is_ok(),
-        }
+        on_backend!(self, ping())
     }
 }

@@ -99,3 +99,13 @@ FROM sales_per_minute s
 LEFT JOIN products   p ON p.product_id  = s.product_id
 LEFT JOIN categories c ON c.category_id = p.category_id
 GROUP BY s.minute_start;
+
+-- One producer lease row per id node (0..1023, `NODES` in src/tools/node_lease.rs), expired, so
+-- acquiring a node always finds a row to lock. 4^5 = 1,024 rows from five base-4 digits.
+INSERT IGNORE INTO producer_leases (node_id, owner, expires_at, reserved_until_ms)
+SELECT d0.d + 4 * d1.d + 16 * d2.d + 64 * d3.d + 256 * d4.d, '', '1970-01-01 00:00:01', 0
+FROM (SELECT 0 AS d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3) d0
+CROSS JOIN (SELECT 0 AS d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3) d1
+CROSS JOIN (SELECT 0 AS d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3) d2
+CROSS JOIN (SELECT 0 AS d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3) d3
+CROSS JOIN (SELECT 0 AS d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3) d4;
