@@ -67,7 +67,7 @@ impl Handler<BatchCommitted> for Recorder {
 impl Handler<ActorFailed> for Recorder {
     type Result = ();
     fn handle(&mut self, msg: ActorFailed, _: &mut Self::Context) {
-        self.failures.lock().unwrap().push(msg.error);
+        self.failures.lock().unwrap().push(msg.failure.to_string());
     }
 }
 

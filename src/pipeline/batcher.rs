@@ -12,7 +12,7 @@ use actix::prelude::*;
 
 use crate::model::batch::{Batch, BatchCutter, BatchLimits, Record};
 use crate::pipeline::cassandra_writer::{CassandraWriter, WriteBatch};
-use crate::pipeline::{ActorFailed, Flow, Halt};
+use crate::pipeline::{ActorFailed, Failure, Flow, Halt};
 
 /// Records for the open batch, in the order they were polled. The consumer sends what one poll
 /// round found (up to a few hundred), not one message per record: a mailbox round trip per
@@ -73,8 +73,7 @@ impl Batcher {
                 Err(SendError::Closed(_)) => {
                     self.supervisor.do_send(ActorFailed {
                         actor: "batcher",
-                        error: "cassandra writer mailbox closed".into(),
-                        fatal: false,
+                        failure: Failure::gone("cassandra_writer", MailboxError::Closed),
                     });
                     ctx.stop();
                     return;

@@ -22,8 +22,9 @@ use crate::model::order::Reason;
 use crate::ops::telemetry;
 use crate::pipeline::dead_letters::{DeadLetter, DeadLetters, PublishDeadLetters};
 use crate::pipeline::olap_aggregator::{BatchWritten, MysqlAggregator};
-use crate::pipeline::{ActorFailed, Halt};
+use crate::pipeline::{ActorFailed, Failure, Halt};
 use crate::stores::cassandra::{CassandraError, CassandraStore};
+use tokio_util::task::AbortOnDropHandle;
 
 /// Write this batch.
 #[derive(Message)]
@@ -133,25 +134,6 @@ async fn insert_all(
         .await
 }
 
-/// A spawned task that is cancelled when its owner is dropped: a data-path restart drops the
-/// actor's futures, and the inserts of a dropped batch must stop with them (the replay writes
-/// them again).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> AbortOnDrop<T> {
-    async fn wait(mut self) -> Result<T, String> {
-        (&mut self.0)
-            .await
-            .map_err(|e| format!("cassandra writes: {e}"))
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 impl Handler<WriteBatch> for CassandraWriter {
     type Result = ();
 
@@ -170,14 +152,20 @@ impl Handler<WriteBatch> for CassandraWriter {
                 .enumerate()
                 .filter_map(|(i, r)| r.order().map(|o| (i, o.clone())))
                 .collect();
-            let task = AbortOnDrop(tokio::spawn(insert_all(
+            // Cancelled if this future is dropped: a data-path restart drops the actor's futures,
+            // and the inserts of a dropped batch must stop with them (the replay writes them
+            // again).
+            let task = AbortOnDropHandle::new(tokio::spawn(insert_all(
                 store,
                 permits,
                 backoff,
                 concurrency,
                 orders,
             )));
-            let outcomes = task.wait().await?;
+            let outcomes = task.await.map_err(|source| Failure::Task {
+                task: "cassandra inserts",
+                source,
+            })?;
             let mut written = 0u64;
             for (i, outcome) in outcomes {
                 match outcome {
@@ -195,19 +183,18 @@ impl Handler<WriteBatch> for CassandraWriter {
                 dead_letters
                     .send(PublishDeadLetters(letters))
                     .await
-                    .map_err(|e| format!("dead letters: {e}"))?;
+                    .map_err(|e| Failure::gone("dead_letters", e))?;
             }
             aggregator
                 .send(BatchWritten(batch))
                 .await
-                .map_err(|e| format!("mysql aggregator: {e}"))
+                .map_err(|e| Failure::gone("olap_aggregator", e))
         };
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
-            if let Err(error) = result {
+            if let Err(failure) = result {
                 act.supervisor.do_send(ActorFailed {
                     actor: "cassandra_writer",
-                    error,
-                    fatal: false,
+                    failure,
                 });
                 ctx.stop();
             }
@@ -221,13 +208,13 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::AbortOnDrop;
+    use tokio_util::task::AbortOnDropHandle;
 
     #[tokio::test]
     async fn a_dropped_batch_stops_its_inserts() {
         let ran = Arc::new(AtomicBool::new(false));
         let flag = ran.clone();
-        let task = AbortOnDrop(tokio::spawn(async move {
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
             flag.store(true, Ordering::SeqCst);
         }));
@@ -235,7 +222,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert!(!ran.load(Ordering::SeqCst), "the task outlived its batch");
 
-        let done = AbortOnDrop(tokio::spawn(async { 7 }));
-        assert_eq!(done.wait().await, Ok(7));
+        let done = AbortOnDropHandle::new(tokio::spawn(async { 7 }));
+        assert_eq!(done.await.ok(), Some(7));
     }
 }

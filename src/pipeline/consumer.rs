@@ -26,9 +26,9 @@ use crate::model::batch::{Content, Record};
 use crate::ops::{telemetry, Health};
 use crate::pipeline::batcher::{Batcher, Ingest};
 use crate::pipeline::olap_aggregator::BatchCommitted;
-use crate::pipeline::{ActorFailed, Flow, Halt};
+use crate::pipeline::{ActorFailed, Failure, Flow, Halt, Remedy};
 use crate::stores::kafka::{AssignmentChange, LedgerContext};
-use crate::stores::olap::OlapStore;
+use crate::stores::olap::{Claim, OlapStore};
 
 type Client = StreamConsumer<LedgerContext>;
 
@@ -143,11 +143,10 @@ impl KafkaConsumer {
         }
     }
 
-    fn fail(&self, ctx: &mut Context<Self>, error: String, fatal: bool) {
+    fn fail(&self, ctx: &mut Context<Self>, failure: Failure) {
         self.supervisor.do_send(ActorFailed {
             actor: "consumer",
-            error,
-            fatal,
+            failure,
         });
         ctx.stop();
     }
@@ -162,129 +161,79 @@ impl KafkaConsumer {
                 .insert(partition, PartitionState::Claiming { token });
             token
         };
-        let client = self.client.clone();
-        let store = self.store.clone();
-        let settings = self.settings.clone();
-        let backoff = self.backoff.clone();
-        let work = async move {
-            let (low, high) = {
-                let client = client.clone();
-                let topic = settings.topic.clone();
-                let timeout = settings.request_timeout;
-                backoff::future::retry(backoff.clone(), || {
-                    let client = client.clone();
-                    let topic = topic.clone();
-                    async move {
-                        tokio::task::spawn_blocking(move || {
-                            client.fetch_watermarks(&topic, partition, timeout)
-                        })
-                        .await
-                        .map_err(|e| backoff::Error::permanent(e.to_string()))?
-                        .map_err(|e| backoff::Error::transient(e.to_string()))
-                    }
-                })
-                .await
-                .map_err(|e| (format!("watermarks of partition {partition}: {e}"), false))?
-            };
-            let claim = backoff::future::retry(backoff.clone(), || async {
-                store
-                    .claim(&settings.topic, partition, &settings.owner, low)
-                    .await
-                    .map_err(|e| {
-                        if e.is_transient() {
-                            backoff::Error::transient(e)
-                        } else {
-                            backoff::Error::permanent(e)
-                        }
-                    })
-            })
-            .await
-            .map_err(|e| (format!("claiming partition {partition}: {e}"), false))?;
-            #[cfg(feature = "failpoints")]
-            crate::pipeline::failpoints::hit("after_claim");
-            if claim.next_offset > high {
-                return Err((
-                    format!(
-                        "ledger of {}/{partition} is at offset {} but the log ends at {high}: \
-                     the topic was recreated or truncated; refusing to continue",
-                        settings.topic, claim.next_offset
-                    ),
-                    true,
-                ));
-            }
-            if claim.next_offset < low {
-                return Err((
-                    format!(
-                        "ledger of {}/{partition} is at offset {} but the log starts at {low}: \
-                     records were deleted (retention) before they were applied",
-                        settings.topic, claim.next_offset
-                    ),
-                    true,
-                ));
-            }
-            let next = claim.next_offset;
-            seek(&client, &settings, partition, next)
-                .await
-                .map_err(|e| (format!("seek {partition} to {next}: {e}"), false))?;
-            Ok(claim)
-        };
+        let job = claim_partition(
+            self.client.clone(),
+            self.store.clone(),
+            self.settings.clone(),
+            partition,
+            self.backoff.clone(),
+        );
         ctx.spawn(
-            work.into_actor(self)
+            job.into_actor(self)
                 .map(move |result, act, ctx| match result {
-                    Ok(claim) => {
-                        let mut gate = lock(&act.gate);
-                        if gate.partitions.get(&partition)
-                            != Some(&PartitionState::Claiming { token })
-                        {
-                            return; // revoked or re-claimed meanwhile
-                        }
-                        gate.partitions.insert(
-                            partition,
-                            PartitionState::Active {
-                                epoch: claim.epoch,
-                                next: claim.next_offset,
-                            },
-                        );
-                        let resume = !gate.backpressure;
-                        drop(gate);
-                        let list = tpl(&act.settings.topic, &[partition]);
-                        if resume {
-                            if let Err(e) = act.client.resume(&list) {
-                                tracing::warn!(partition, error = %e, "resume failed");
-                            }
-                        }
-                        // A hint for lag tools; the ledger stays the truth.
-                        let mut offsets = TopicPartitionList::new();
-                        let _ = offsets.add_partition_offset(
-                            &act.settings.topic,
-                            partition,
-                            Offset::Offset(claim.next_offset),
-                        );
-                        if act.client.commit(&offsets, CommitMode::Async).is_err() {
-                            counter!(telemetry::CONSUMER_COMMIT_FAILURES).increment(1);
-                        }
-                        tracing::info!(
-                            partition,
-                            epoch = claim.epoch,
-                            next_offset = claim.next_offset,
-                            "partition claimed"
-                        );
-                        act.update_paused_gauge();
-                        act.update_readiness();
-                    }
-                    Err((error, fatal)) => {
-                        // A partition revoked while its claim ran cannot be sought any more
-                        // ("erroneous state"): that is the rebalance, not a failure.
-                        let still_ours = lock(&act.gate).partitions.get(&partition)
-                            == Some(&PartitionState::Claiming { token });
-                        if fatal || still_ours {
-                            act.fail(ctx, error, fatal);
-                        } else {
-                            tracing::info!(partition, %error, "claim abandoned: partition revoked");
-                        }
-                    }
+                    Ok(claim) => act.claimed(partition, token, claim),
+                    Err(failure) => act.claim_failed(partition, token, failure, ctx),
                 }),
         );
+    }
+
+    /// The claim of `partition` (attempt `token`) went through: start consuming it.
+    fn claimed(&mut self, partition: i32, token: u64, claim: Claim) {
+        let mut gate = lock(&self.gate);
+        if gate.partitions.get(&partition) != Some(&PartitionState::Claiming { token }) {
+            return; // revoked or re-claimed meanwhile
+        }
+        gate.partitions.insert(
+            partition,
+            PartitionState::Active {
+                epoch: claim.epoch,
+                next: claim.next_offset,
+            },
+        );
+        let resume = !gate.backpressure;
+        drop(gate);
+        let list = tpl(&self.settings.topic, &[partition]);
+        if resume {
+            if let Err(e) = self.client.resume(&list) {
+                tracing::warn!(partition, error = %e, "resume failed");
+            }
+        }
+        // A hint for lag tools; the ledger stays the truth.
+        let mut offsets = TopicPartitionList::new();
+        let _ = offsets.add_partition_offset(
+            &self.settings.topic,
+            partition,
+            Offset::Offset(claim.next_offset),
+        );
+        if self.client.commit(&offsets, CommitMode::Async).is_err() {
+            counter!(telemetry::CONSUMER_COMMIT_FAILURES).increment(1);
+        }
+        tracing::info!(
+            partition,
+            epoch = claim.epoch,
+            next_offset = claim.next_offset,
+            "partition claimed"
+        );
+        self.update_paused_gauge();
+        self.update_readiness();
+    }
+
+    fn claim_failed(
+        &mut self,
+        partition: i32,
+        token: u64,
+        failure: Failure,
+        ctx: &mut Context<Self>,
+    ) {
+        // A partition revoked while its claim ran cannot be sought any more ("erroneous
+        // state"): that is the rebalance, not a failure.
+        let still_ours = lock(&self.gate).partitions.get(&partition)
+            == Some(&PartitionState::Claiming { token });
+        if still_ours || failure.remedy() == Remedy::StopProcess {
+            self.fail(ctx, failure);
+        } else {
+            tracing::info!(partition, error = %failure, "claim abandoned: partition revoked");
+        }
     }
 
     /// Ready when every assigned partition is claimed (an empty assignment is ready too: the
@@ -358,7 +307,7 @@ async fn seek(
     settings: &ConsumerSettings,
     partition: i32,
     next: i64,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let deadline = std::time::Instant::now() + settings.request_timeout;
     loop {
         let (client, topic, timeout) = (
@@ -370,7 +319,10 @@ async fn seek(
             client.seek(&topic, partition, Offset::Offset(next), timeout)
         })
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| Failure::Task {
+            task: "seek",
+            source,
+        })?;
         match result {
             Ok(()) => return Ok(()),
             Err(e)
@@ -379,9 +331,87 @@ async fn seek(
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(Failure::kafka(format!("seek {partition} to {next}"), e)),
         }
     }
+}
+
+/// Reads the partition's watermarks, claims it in the ledger at the low watermark if it has no
+/// row yet, checks that the ledger lies within the log and seeks there.
+async fn claim_partition(
+    client: Arc<Client>,
+    store: OlapStore,
+    settings: ConsumerSettings,
+    partition: i32,
+    backoff: ExponentialBackoff,
+) -> Result<Claim, Failure> {
+    let (low, high) = watermarks(&client, &settings, partition, backoff.clone()).await?;
+    let claim = backoff::future::retry(backoff, || async {
+        store
+            .claim(&settings.topic, partition, &settings.owner, low)
+            .await
+            .map_err(|e| {
+                if e.is_transient() {
+                    backoff::Error::transient(e)
+                } else {
+                    backoff::Error::permanent(e)
+                }
+            })
+    })
+    .await
+    .map_err(|e| Failure::olap(format!("claiming partition {partition}"), e))?;
+    #[cfg(feature = "failpoints")]
+    crate::pipeline::failpoints::hit("after_claim");
+    let (topic, ledger) = (settings.topic.clone(), claim.next_offset);
+    if ledger > high {
+        return Err(Failure::LedgerAheadOfLog {
+            topic,
+            partition,
+            ledger,
+            log_end: high,
+        });
+    }
+    if ledger < low {
+        return Err(Failure::LedgerBehindLog {
+            topic,
+            partition,
+            ledger,
+            log_start: low,
+        });
+    }
+    seek(&client, &settings, partition, ledger).await?;
+    Ok(claim)
+}
+
+/// The partition's low and high watermarks, retried while the broker does not answer.
+async fn watermarks(
+    client: &Arc<Client>,
+    settings: &ConsumerSettings,
+    partition: i32,
+    backoff: ExponentialBackoff,
+) -> Result<(i64, i64), Failure> {
+    let timeout = settings.request_timeout;
+    backoff::future::retry(backoff, || {
+        let client = client.clone();
+        let topic = settings.topic.clone();
+        async move {
+            tokio::task::spawn_blocking(move || client.fetch_watermarks(&topic, partition, timeout))
+                .await
+                .map_err(|source| {
+                    backoff::Error::permanent(Failure::Task {
+                        task: "watermarks",
+                        source,
+                    })
+                })?
+                .map_err(|e| {
+                    backoff::Error::transient(Failure::kafka(
+                        format!("watermarks of partition {partition}"),
+                        e,
+                    ))
+                })
+        }
+    })
+    .await
 }
 
 /// Pauses the active partitions when the in-flight count is at the limit (the poll loop calls
@@ -430,7 +460,7 @@ async fn poll_loop(
     stop: Arc<AtomicBool>,
     topic: String,
     max_record_bytes: usize,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let mut saturated_since: Option<std::time::Instant> = None;
     while !stop.load(Ordering::Acquire) {
         if flow.saturated() {
@@ -479,7 +509,7 @@ async fn poll_loop(
         batcher
             .send(Ingest(records))
             .await
-            .map_err(|e| format!("batcher: {e}"))?;
+            .map_err(|e| Failure::gone("batcher", e))?;
     }
     Ok(())
 }
@@ -543,7 +573,7 @@ impl Actor for KafkaConsumer {
         ctx.set_mailbox_capacity(256);
         telemetry::actor_up("consumer", true);
         if let Err(e) = self.client.subscribe(&[&self.settings.topic]) {
-            return self.fail(ctx, format!("subscribe: {e}"), false);
+            return self.fail(ctx, Failure::kafka("subscribing", e));
         }
         if let Some(changes) = self.changes.take() {
             ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(changes));
@@ -560,7 +590,7 @@ impl Actor for KafkaConsumer {
         );
         ctx.spawn(poll.into_actor(self).map(|result, act, ctx| match result {
             Ok(()) => tracing::info!("consumer stopped polling"),
-            Err(error) => act.fail(ctx, error, false),
+            Err(failure) => act.fail(ctx, failure),
         }));
     }
 

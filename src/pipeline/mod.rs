@@ -12,6 +12,7 @@ pub mod consumer;
 pub mod dead_letters;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
+mod failure;
 pub mod olap_aggregator;
 pub mod supervisor;
 pub mod watchdog;
@@ -19,6 +20,8 @@ pub mod watchdog;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix::prelude::*;
+
+pub use failure::{Failure, Remedy};
 
 /// Batches cut but not yet through MySQL.
 #[derive(Debug)]
@@ -53,15 +56,13 @@ impl Flow {
     }
 }
 
-/// An actor reports an unexpected failure to its supervisor, which restarts the data path.
-#[derive(Message, Debug, Clone)]
+/// An actor reports its failure to the supervisor, which restarts the data path or stops the
+/// process, as [`Failure::remedy`] says.
+#[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct ActorFailed {
     pub actor: &'static str,
-    pub error: String,
-    /// A broken invariant that a restart cannot fix (the ledger is ahead of the topic, say):
-    /// the process stops with a non-zero code.
-    pub fatal: bool,
+    pub failure: Failure,
 }
 
 /// Stops an actor (data-path teardown).

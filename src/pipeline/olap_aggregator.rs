@@ -23,7 +23,7 @@ use crate::model::ledger::ApplyReport;
 use crate::model::order::Reason;
 use crate::ops::{telemetry, Health};
 use crate::pipeline::dead_letters::{DeadLetter, DeadLetters, PublishDeadLetters};
-use crate::pipeline::{ActorFailed, Flow, Halt};
+use crate::pipeline::{ActorFailed, Failure, Flow, Halt};
 use crate::stores::cassandra::CassandraStore;
 use crate::stores::olap::{OlapError, OlapStore};
 
@@ -124,11 +124,10 @@ impl MysqlAggregator {
                     }
                     act.drive(ctx);
                 }
-                Err(error) => {
+                Err(failure) => {
                     act.supervisor.do_send(ActorFailed {
                         actor: "mysql_aggregator",
-                        error,
-                        fatal: false,
+                        failure,
                     });
                     ctx.stop();
                 }
@@ -167,19 +166,22 @@ async fn apply(
     topic: &str,
     mut batch: Batch,
     backoff: ExponentialBackoff,
-) -> Result<ApplyReport, String> {
+) -> Result<ApplyReport, Failure> {
     loop {
         let error = match apply_with_retry(store, topic, &batch, backoff.clone()).await {
             Ok(report) => return Ok(report),
             Err(e) if e.is_data_rejection() => e,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(Failure::olap(format!("applying batch {}", batch.seq), e)),
         };
         let rejected = retry_transient(backoff.clone(), || store.find_rejected(topic, &batch))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failure::olap("finding the refused orders", e))?;
         if rejected.is_empty() {
             // Refused as a whole, yet no order is refused on its own: not a data problem.
-            return Err(error.to_string());
+            return Err(Failure::olap(
+                format!("applying batch {}", batch.seq),
+                error,
+            ));
         }
         let mut letters = Vec::with_capacity(rejected.len());
         for (i, detail) in rejected {
@@ -203,14 +205,13 @@ async fn apply(
                     .await
                     .map_err(backoff::Error::transient)
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         }
         rejections
             .dead_letters
             .send(PublishDeadLetters(letters))
             .await
-            .map_err(|e| format!("dead letters: {e}"))?;
+            .map_err(|e| Failure::gone("dead_letters", e))?;
     }
 }
 

@@ -28,10 +28,10 @@ use crate::pipeline::consumer::{ConsumerSettings, KafkaConsumer, StopPolling};
 use crate::pipeline::dead_letters::DeadLetters;
 use crate::pipeline::olap_aggregator::{MysqlAggregator, NotifyConsumer, Rejections};
 use crate::pipeline::watchdog::{Change, PartitionView, RejoinPolicy, Watchdog};
-use crate::pipeline::{ActorFailed, Flow, Halt};
+use crate::pipeline::{ActorFailed, Failure, Flow, Halt, Remedy};
 use crate::stores::cassandra::CassandraStore;
-use crate::stores::kafka::{self, LedgerContext};
-use crate::stores::olap::OlapStore;
+use crate::stores::kafka::{self, KafkaError, LedgerContext};
+use crate::stores::olap::{OlapError, OlapStore};
 
 /// Exit code when the restart budget is spent.
 pub const EXIT_BUDGET_SPENT: i32 = 3;
@@ -135,7 +135,7 @@ impl Pipeline {
         }
     }
 
-    fn start_path(&mut self, ctx: &mut Context<Self>) -> Result<(), String> {
+    fn start_path(&mut self, ctx: &mut Context<Self>) -> Result<(), Failure> {
         // Never two data paths at once.
         if let Some(old) = self.path.take() {
             old.halt();
@@ -151,7 +151,7 @@ impl Pipeline {
 
         let dlq_producer = kafka::producer_config(&cfg.kafka, &format!("{client_id}-dlq"))
             .create()
-            .map_err(|e| format!("dead-letter producer: {e}"))?;
+            .map_err(|e| Failure::kafka("creating the dead-letter producer", e))?;
         let dead_letters = DeadLetters::new(
             dlq_producer,
             cfg.kafka.dead_letter_topic.clone(),
@@ -200,7 +200,7 @@ impl Pipeline {
             &kafka::consumer_config(&cfg.kafka, &client_id),
             context,
         )
-        .map_err(|e| format!("kafka consumer: {e}"))?;
+        .map_err(|e| Failure::kafka("creating the consumer", e))?;
         let settings = ConsumerSettings {
             topic: cfg.kafka.topic.clone(),
             owner: client_id,
@@ -244,7 +244,7 @@ impl Pipeline {
         let _ = self.exit.try_send(code);
     }
 
-    fn restart(&mut self, actor: &'static str, error: String, ctx: &mut Context<Self>) {
+    fn restart(&mut self, actor: &'static str, error: &Failure, ctx: &mut Context<Self>) {
         if self.restarting {
             // An actor of the data path already stopped, noticing its neighbours are gone.
             tracing::debug!(actor, %error, "failure of a stopped data path");
@@ -305,8 +305,8 @@ impl Pipeline {
             if act.draining {
                 return;
             }
-            if let Err(error) = act.start_path(ctx) {
-                act.restart("consumer", error, ctx);
+            if let Err(failure) = act.start_path(ctx) {
+                act.restart("consumer", &failure, ctx);
             }
         }));
     }
@@ -355,11 +355,9 @@ impl Pipeline {
             };
             let ledger = tokio::time::timeout(timeout, olap.read_ledger_owners(&topic));
             let (marks, ledger) = tokio::join!(marks, ledger);
-            let marks = marks.map_err(|e| e.to_string())??;
-            let ledger = ledger
-                .map_err(|_| "reading the ledger timed out".to_string())?
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(
+            let marks = marks??;
+            let ledger = ledger.map_err(|_| WatchError::LedgerTimeout)??;
+            Ok::<_, WatchError>(
                 marks
                     .into_iter()
                     .map(|(partition, (low, end))| {
@@ -464,39 +462,42 @@ impl Pipeline {
     }
 }
 
+/// Why a watchdog round could not see every partition (it is skipped, and the time not
+/// counted as waiting).
+#[derive(Debug, thiserror::Error)]
+enum WatchError {
+    #[error("reading the watermarks: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("the watermark task ended abnormally: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("reading the ledger timed out")]
+    LedgerTimeout,
+    #[error("reading the ledger: {0}")]
+    Olap(#[from] OlapError),
+}
+
 /// partition → (log start, log end)
 type LogBounds = Vec<(i32, (i64, i64))>;
 
-/// Log start and end of every partition of `topic`. Blocking.
+/// Log start and end of every partition of `topic`. Blocking. A partition whose watermarks do
+/// not come (no leader for a moment) is left out of this round rather than the whole round.
 fn watermarks(
     client: &rdkafka::consumer::BaseConsumer,
     topic: &str,
     timeout: Duration,
-) -> Result<LogBounds, String> {
+) -> Result<LogBounds, KafkaError> {
     use rdkafka::consumer::Consumer as _;
-    let metadata = client
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| e.to_string())?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    // A partition whose watermarks do not come (no leader for a moment) is left out of this
-    // round rather than the whole round.
-    let mut bounds = Vec::with_capacity(partitions.len());
+    let mut bounds = Vec::new();
     let mut last_error = None;
-    for p in partitions {
+    for p in kafka::partitions(client, topic, timeout)? {
         match client.fetch_watermarks(topic, p, timeout) {
             Ok(marks) => bounds.push((p, marks)),
-            Err(e) => last_error = Some(format!("watermarks of partition {p}: {e}")),
+            Err(e) => last_error = Some(e),
         }
     }
-    match (bounds.is_empty(), last_error) {
-        (true, Some(error)) => Err(error),
-        (true, None) => Err(format!("topic {topic} has no partitions")),
-        (false, _) => Ok(bounds),
+    match last_error {
+        Some(error) if bounds.is_empty() => Err(error.into()),
+        _ => Ok(bounds),
     }
 }
 
@@ -505,8 +506,8 @@ impl Actor for Pipeline {
     fn started(&mut self, ctx: &mut Self::Context) {
         telemetry::dead_letter_reasons(Reason::ALL.iter().map(|r| r.as_str()));
         ctx.run_interval(WATCH_EVERY, |act, ctx| act.watch(ctx));
-        if let Err(error) = self.start_path(ctx) {
-            self.restart("consumer", error, ctx);
+        if let Err(failure) = self.start_path(ctx) {
+            self.restart("consumer", &failure, ctx);
         }
         // Readiness follows the stores: an outage is waited out inside the actors (retries with
         // backoff, no restart), and meanwhile the instance reports itself not ready.
@@ -543,17 +544,19 @@ async fn probe(check: impl std::future::Future<Output = bool>) -> bool {
 
 impl Handler<ActorFailed> for Pipeline {
     type Result = ();
-    fn handle(&mut self, msg: ActorFailed, ctx: &mut Self::Context) {
-        if msg.fatal {
-            tracing::error!(actor = msg.actor, error = %msg.error, "fatal error");
-            eprintln!("orderstream: fatal error in {}: {}", msg.actor, msg.error);
-            if let Some(path) = self.path.take() {
-                path.halt();
+    fn handle(&mut self, ActorFailed { actor, failure }: ActorFailed, ctx: &mut Self::Context) {
+        match failure.remedy() {
+            // The actor retried in place and gave up, or could not: start over from the ledger.
+            Remedy::Retry | Remedy::RestartPath => self.restart(actor, &failure, ctx),
+            Remedy::StopProcess => {
+                tracing::error!(actor, error = %failure, "fatal error");
+                eprintln!("orderstream: fatal error in {actor}: {failure}");
+                if let Some(path) = self.path.take() {
+                    path.halt();
+                }
+                self.exit(EXIT_FATAL);
             }
-            self.exit(EXIT_FATAL);
-            return;
         }
-        self.restart(msg.actor, msg.error, ctx);
     }
 }
 

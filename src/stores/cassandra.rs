@@ -22,21 +22,24 @@ use crate::model::order::{Order, PaymentMethod};
 
 const SCHEMA: &str = include_str!("schema/cassandra.cql");
 
+/// The driver's error behind a failed request or a malformed row.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Errors of the Cassandra store.
 #[derive(Debug, thiserror::Error)]
 pub enum CassandraError {
     #[error("cannot connect to cassandra: {0}")]
-    Connect(String),
+    Connect(#[source] scylla::errors::NewSessionError),
     #[error("cassandra request failed: {0}")]
-    Request(String),
+    Request(#[source] BoxError),
     #[error("cassandra refused the row: {0}")]
-    Rejected(String),
+    Rejected(#[source] ExecutionError),
     #[error(
         "cassandra keyspace {keyspace} has no table `orders`: run `orderstream migrate` first"
     )]
     NotMigrated { keyspace: String },
     #[error("cassandra returned a malformed row: {0}")]
-    BadRow(String),
+    BadRow(#[source] BoxError),
 }
 
 impl CassandraError {
@@ -69,10 +72,7 @@ pub async fn connect_session(cfg: &CassandraConfig) -> Result<Session, Cassandra
     if !cfg.user.is_empty() {
         builder = builder.user(cfg.user.clone(), cfg.password.expose().to_owned());
     }
-    builder
-        .build()
-        .await
-        .map_err(|e| CassandraError::Connect(e.to_string()))
+    builder.build().await.map_err(CassandraError::Connect)
 }
 
 impl CassandraStore {
@@ -91,7 +91,7 @@ impl CassandraStore {
                 cfg.keyspace
             ))
             .await
-            .map_err(|e| CassandraError::Request(e.to_string()))?;
+            .map_err(|e| CassandraError::Request(e.into()))?;
         insert.set_is_idempotent(true);
         let mut delete = session
             .prepare(format!(
@@ -99,7 +99,7 @@ impl CassandraStore {
                 cfg.keyspace
             ))
             .await
-            .map_err(|e| CassandraError::Request(e.to_string()))?;
+            .map_err(|e| CassandraError::Request(e.into()))?;
         delete.set_is_idempotent(true);
         Ok(Self {
             session,
@@ -152,19 +152,20 @@ impl CassandraStore {
             .session
             .query_iter(select, ())
             .await
-            .map_err(|e| CassandraError::Request(e.to_string()))?;
+            .map_err(|e| CassandraError::Request(e.into()))?;
         let mut rows = pager
             .rows_stream::<Row>()
-            .map_err(|e| CassandraError::BadRow(e.to_string()))?;
+            .map_err(|e| CassandraError::BadRow(e.into()))?;
         let mut orders = Vec::new();
         while let Some(row) = rows
             .try_next()
             .await
-            .map_err(|e| CassandraError::Request(e.to_string()))?
+            .map_err(|e| CassandraError::Request(e.into()))?
         {
             let (order_id, created, platform_id, product_id, quantity, customer_id, method) = row;
-            let payment_method = PaymentMethod::parse(&method)
-                .ok_or_else(|| CassandraError::BadRow(format!("payment method {method:?}")))?;
+            let payment_method = PaymentMethod::parse(&method).ok_or_else(|| {
+                CassandraError::BadRow(format!("payment method {method:?}").into())
+            })?;
             orders.push(Order {
                 order_id,
                 created_at_ms: created.0,
@@ -195,9 +196,9 @@ fn classify(err: ExecutionError) -> CassandraError {
             _,
         ))
         | ExecutionError::LastAttemptError(RequestAttemptError::SerializationError(_)) => {
-            CassandraError::Rejected(err.to_string())
+            CassandraError::Rejected(err)
         }
-        _ => CassandraError::Request(err.to_string()),
+        _ => CassandraError::Request(err.into()),
     }
 }
 
@@ -214,16 +215,16 @@ pub async fn table_exists(
             (),
         )
         .await
-        .map_err(|e| CassandraError::Request(e.to_string()))?;
+        .map_err(|e| CassandraError::Request(e.into()))?;
     let rows = result
         .into_rows_result()
-        .map_err(|e| CassandraError::BadRow(e.to_string()))?;
+        .map_err(|e| CassandraError::BadRow(e.into()))?;
     let mut found = false;
     for row in rows
         .rows::<(String, String)>()
-        .map_err(|e| CassandraError::BadRow(e.to_string()))?
+        .map_err(|e| CassandraError::BadRow(e.into()))?
     {
-        let (ks, t) = row.map_err(|e| CassandraError::BadRow(e.to_string()))?;
+        let (ks, t) = row.map_err(|e| CassandraError::BadRow(e.into()))?;
         found |= ks == keyspace && t == table;
     }
     Ok(found)
@@ -233,16 +234,16 @@ async fn keyspace_exists(session: &Session, keyspace: &str) -> Result<bool, Cass
     let result = session
         .query_unpaged("SELECT keyspace_name FROM system_schema.keyspaces", ())
         .await
-        .map_err(|e| CassandraError::Request(e.to_string()))?;
+        .map_err(|e| CassandraError::Request(e.into()))?;
     let rows = result
         .into_rows_result()
-        .map_err(|e| CassandraError::BadRow(e.to_string()))?;
+        .map_err(|e| CassandraError::BadRow(e.into()))?;
     let mut found = false;
     for row in rows
         .rows::<(String,)>()
-        .map_err(|e| CassandraError::BadRow(e.to_string()))?
+        .map_err(|e| CassandraError::BadRow(e.into()))?
     {
-        found |= row.map_err(|e| CassandraError::BadRow(e.to_string()))?.0 == keyspace;
+        found |= row.map_err(|e| CassandraError::BadRow(e.into()))?.0 == keyspace;
     }
     Ok(found)
 }
@@ -265,7 +266,7 @@ pub async fn migrate(cfg: &CassandraConfig) -> Result<(), CassandraError> {
             session
                 .query_unpaged(statement, ())
                 .await
-                .map_err(|e| CassandraError::Request(e.to_string()))?;
+                .map_err(|e| CassandraError::Request(e.into()))?;
         }
     }
     Ok(())

@@ -198,17 +198,27 @@ pub fn partition_count(cfg: &KafkaConfig, topic: &str) -> Result<usize, KafkaErr
         .set("bootstrap.servers", &cfg.brokers)
         .create()?;
     let timeout = Duration::from_millis(u64::from(cfg.request_timeout_ms));
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let count = metadata
+    Ok(partitions(&consumer, topic, timeout)?.len())
+}
+
+/// The partitions of `topic`, from the broker's metadata; `MissingTopic` when it has none.
+/// Blocking.
+pub fn partitions(
+    client: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, KafkaError> {
+    let metadata = client.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
         .topics()
         .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len())
-        .unwrap_or(0);
-    if count == 0 {
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
         return Err(KafkaError::MissingTopic(topic.to_owned()));
     }
-    Ok(count)
+    Ok(partitions)
 }
 
 /// A change of this member's assignment, handed from the rebalance callback to the actor.

@@ -32,16 +32,7 @@ pub fn watermarks(
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
-    let meta = consumer.fetch_metadata(Some(topic), timeout)?;
-    let partitions: Vec<i32> = meta
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(KafkaError::MissingTopic(topic.to_owned()));
-    }
+    let partitions = super::kafka::partitions(&consumer, topic, timeout)?;
     partitions
         .into_iter()
         .map(|p| Ok((p, consumer.fetch_watermarks(topic, p, timeout)?)))
