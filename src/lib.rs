@@ -1,7 +1,7 @@
 //! orderstream: a long-running, actor-based, fault-tolerant stream processor.
 //!
 //! ```text
-//!  OrderProducer ──► Kafka `orders` ──► KafkaConsumer ──► Batcher ──► CassandraWriter ──► MysqlAggregator
+//!  OrderProducer ──► Kafka `orders` ──► KafkaConsumer ──► Batcher ──► CassandraWriter ──► OlapAggregator
 //!  (simulated)       (keyed by id)      (group member,     (size/time   (raw orders,        (aggregates + offset
 //!                                        pause/resume)      batches)     idempotent upsert)   ledger, one txn)
 //!                                             │                               │                    │

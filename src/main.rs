@@ -122,9 +122,56 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(code);
         }
     };
+    init_logging(&cli.command);
+    // A panic must never leave a zombie: log it and exit, so the supervisor above us restarts.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        eprintln!("orderstream: panic, exiting");
+        std::process::exit(70);
+    }));
+
+    if let Command::CqlEmulator { listen, state } = &cli.command {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(cql_emulator::serve(
+            *listen,
+            state.clone(),
+            orderstream::ops::shutdown_signal(),
+        ))?;
+        return Ok(());
+    }
+    let overrides = overrides(&cli);
+    let config = match Config::load(cli.config.as_deref(), std::env::vars(), &overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("orderstream: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.pipeline.runtime_workers(cores))
+        .enable_all()
+        .build()?;
+    let system = actix::System::with_tokio_rt(move || runtime);
+    let code = exit_code(system.block_on(execute(cli.command, config)));
+    // Exit here rather than return: returning drops the actix system with whatever tasks are
+    // still parked in it (pool connections, client sessions), and a drop during runtime
+    // teardown can panic (exit 70 after a clean drain). Everything that matters is committed
+    // by now.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
+}
+
+/// Logs go to stderr, as plain text unless a person watches a terminal.
+fn init_logging(command: &Command) {
     // The demo's terminal belongs to its summary: only warnings, and none from the embedded
     // stand-ins (the CQL emulator and the driver's complaints about its missing cluster tables).
-    let default_filter = match cli.command {
+    let default_filter = match command {
         Command::Demo { .. } => "warn,scylla=off,kassandra=off,rdkafka=error",
         _ => "info,sqlx=warn,scylla=warn,rdkafka=warn",
     };
@@ -134,24 +181,20 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: log files and collectors get plain text.
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
-    // A panic must never leave a zombie: log it and exit, so the supervisor above us restarts.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default_hook(info);
-        eprintln!("orderstream: panic, exiting");
-        std::process::exit(70);
-    }));
+}
 
+/// The configuration overrides of the command line, lowest first: the demo's own settings and
+/// its `--rate`, then `--set`, then `produce`'s `--rate` and `--count`.
+fn overrides(cli: &Cli) -> Vec<(String, String)> {
     let mut overrides = Vec::new();
     if let Command::Demo { rate, .. } = &cli.command {
-        // The demo's own settings come first, so that `--set` still wins.
         for (k, v) in orderstream::tools::demo::DEFAULTS {
             overrides.push((k.to_owned(), v.to_owned()));
         }
-        // Through the configuration, so that `demo --rate 0` is refused as `produce --rate 0` is.
+        // Through the configuration, so that `demo --rate 0` is refused as `produce --rate 0`;
+        // before `--set`, which wins.
         if let Some(rate) = rate {
             overrides.push(("producer.rate_per_sec".into(), rate.to_string()));
         }
@@ -180,88 +223,63 @@ fn main() -> anyhow::Result<()> {
             overrides.push(("producer.rate_per_sec".into(), MAX_RATE.to_string()));
         }
     }
-    if let Command::CqlEmulator { listen, state } = &cli.command {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(cql_emulator::serve(
-            *listen,
-            state.clone(),
-            orderstream::ops::shutdown_signal(),
-        ))?;
-        return Ok(());
-    }
-    let config = match Config::load(cli.config.as_deref(), std::env::vars(), &overrides) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("orderstream: {e}");
-            std::process::exit(EXIT_CONFIG);
-        }
-    };
+    overrides
+}
 
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.pipeline.runtime_workers(cores))
-        .enable_all()
-        .build()?;
-    let system = actix::System::with_tokio_rt(move || runtime);
-    let code = system.block_on(async move {
-        match cli.command {
-            Command::Run {
-                produce_rate,
-                migrate,
-            } => orderstream::cli::run(config, migrate, produce_rate).await,
-            Command::Produce { .. } => {
-                let (rate, count) = (config.producer.rate_per_sec, config.producer.count);
-                orderstream::cli::produce(config, rate, count).await
-            }
-            Command::Migrate => orderstream::cli::migrate(&config).await.map(|_| 0),
-            Command::Config => {
-                print!("{}", config.to_redacted_toml());
-                Ok(0)
-            }
-            Command::Healthcheck { producer } => {
-                orderstream::cli::healthcheck(&config, producer).await
-            }
-            Command::Demo {
-                rate: _,
+/// Runs one command inside the actix system; returns the process's exit code.
+async fn execute(command: Command, config: Config) -> anyhow::Result<i32> {
+    use orderstream::{cli, tools};
+    match command {
+        Command::Run {
+            produce_rate,
+            migrate,
+        } => cli::run(config, migrate, produce_rate).await,
+        Command::Produce { .. } => {
+            let (rate, count) = (config.producer.rate_per_sec, config.producer.count);
+            cli::produce(config, rate, count).await
+        }
+        Command::Migrate => cli::migrate(&config).await.map(|_| 0),
+        Command::Config => {
+            print!("{}", config.to_redacted_toml());
+            Ok(0)
+        }
+        Command::Healthcheck { producer } => cli::healthcheck(&config, producer).await,
+        Command::Demo {
+            rate: _,
+            seconds,
+            sqlite,
+            summary_every_s,
+            invalid_every,
+        } => {
+            let options = tools::demo::DemoOptions {
+                rate_per_sec: config.producer.rate_per_sec,
                 seconds,
                 sqlite,
-                summary_every_s,
+                summary_every: std::time::Duration::from_secs(summary_every_s.max(1)),
                 invalid_every,
-            } => {
-                let options = orderstream::tools::demo::DemoOptions {
-                    rate_per_sec: config.producer.rate_per_sec,
-                    seconds,
-                    sqlite,
-                    summary_every: std::time::Duration::from_secs(summary_every_s.max(1)),
-                    invalid_every,
-                    catch_up: std::time::Duration::from_secs(60),
-                };
-                orderstream::tools::demo::run(config, options).await
-            }
-            Command::Reconcile { read_timeout_secs } => {
-                let read_time = std::time::Duration::from_secs(read_timeout_secs);
-                let report = orderstream::tools::reconcile::reconcile(&config, read_time).await;
-                report.map(|r| {
-                    print!("{r}");
-                    if !r.unreadable.is_empty() {
-                        5
-                    } else if r.is_exact() {
-                        0
-                    } else {
-                        4
-                    }
-                })
-            }
-            Command::CqlEmulator { .. } => Ok(0),
+                catch_up: std::time::Duration::from_secs(60),
+            };
+            tools::demo::run(config, options).await
         }
-    });
-    // Exit here rather than return: returning drops the actix system with whatever tasks are
-    // still parked in it (pool connections, client sessions), and a drop during runtime
-    // teardown can panic (seen once in the chaos suite, exit 70 after a clean drain). Everything
-    // that matters is committed by now.
-    let code = match code {
+        Command::Reconcile { read_timeout_secs } => {
+            let read_time = std::time::Duration::from_secs(read_timeout_secs);
+            let report = tools::reconcile::reconcile(&config, read_time).await?;
+            print!("{report}");
+            Ok(if !report.unreadable.is_empty() {
+                5
+            } else if report.is_exact() {
+                0
+            } else {
+                4
+            })
+        }
+        Command::CqlEmulator { .. } => Ok(0),
+    }
+}
+
+/// The exit code of a command's outcome: its own, 64 for a usage error, 1 for any other error.
+fn exit_code(outcome: anyhow::Result<i32>) -> i32 {
+    match outcome {
         Ok(code) => code,
         Err(e)
             if e.downcast_ref::<orderstream::config::UsageError>()
@@ -274,8 +292,5 @@ fn main() -> anyhow::Result<()> {
             eprintln!("orderstream: {e:#}");
             1
         }
-    };
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    std::process::exit(code)
+    }
 }

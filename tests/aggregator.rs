@@ -12,7 +12,7 @@ use orderstream::model::order::{Order, PaymentMethod};
 use orderstream::ops::Health;
 use orderstream::pipeline::dead_letters::DeadLetters;
 use orderstream::pipeline::olap_aggregator::{
-    BatchCommitted, BatchWritten, MysqlAggregator, NotifyConsumer, Rejections,
+    BatchCommitted, BatchWritten, NotifyConsumer, OlapAggregator, Rejections,
 };
 use orderstream::pipeline::{ActorFailed, Flow};
 use orderstream::stores::olap::OlapStore;
@@ -127,7 +127,7 @@ async fn out_of_order_writes_commit_in_offset_order(backend: Backend) {
     for _ in 0..3 {
         flow.started();
     }
-    let aggregator = MysqlAggregator::new(
+    let aggregator = OlapAggregator::new(
         store.clone(),
         rejections(&cfg).await,
         topic.clone(),

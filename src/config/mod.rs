@@ -10,6 +10,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+mod validate;
+
 /// Errors found while loading or validating the configuration. Each names the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -405,100 +407,18 @@ impl Config {
 
     /// Checks every value once; the first bad one is reported with its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let k = &self.kafka;
-        nonempty("kafka.brokers", &k.brokers)?;
-        topic_name("kafka.topic", &k.topic)?;
-        topic_name("kafka.dead_letter_topic", &k.dead_letter_topic)?;
-        if k.topic == k.dead_letter_topic {
-            return Err(invalid(
-                "kafka.dead_letter_topic",
-                "must differ from kafka.topic",
-            ));
-        }
-        nonempty("kafka.group_id", &k.group_id)?;
-        range("kafka.partitions", i64::from(k.partitions), 1, 10_000)?;
-        range(
-            "kafka.replication_factor",
-            i64::from(k.replication_factor),
-            1,
-            100,
-        )?;
-        range(
-            "kafka.session_timeout_ms",
-            i64::from(k.session_timeout_ms),
-            1_000,
-            3_600_000,
-        )?;
-        range(
-            "kafka.max_poll_interval_ms",
-            i64::from(k.max_poll_interval_ms),
-            i64::from(k.session_timeout_ms),
-            86_400_000,
-        )?;
-        range(
-            "kafka.queued_max_messages_kbytes",
-            i64::from(k.queued_max_messages_kbytes),
-            1,
-            2_097_151,
-        )?;
-        range(
-            "kafka.producer_queue_max_kbytes",
-            i64::from(k.producer_queue_max_kbytes),
-            1,
-            2_147_483_647,
-        )?;
-        range(
-            "kafka.request_timeout_ms",
-            i64::from(k.request_timeout_ms),
-            100,
-            3_600_000,
-        )?;
+        self.kafka.validate()?;
+        self.cassandra.validate()?;
+        self.mysql.validate()?;
+        self.validate_pipeline()?;
+        self.producer.validate()?;
+        self.http.validate()?;
+        self.supervision.validate()
+    }
 
-        let c = &self.cassandra;
-        if c.contact_points.is_empty() {
-            return Err(invalid(
-                "cassandra.contact_points",
-                "needs at least one host:port",
-            ));
-        }
-        for point in &c.contact_points {
-            host_port("cassandra.contact_points", point)?;
-        }
-        identifier("cassandra.keyspace", &c.keyspace)?;
-        range(
-            "cassandra.replication_factor",
-            i64::from(c.replication_factor),
-            1,
-            100,
-        )?;
-        c.consistency_level().ok_or_else(|| {
-            invalid(
-                "cassandra.consistency",
-                format!("unknown level {:?}", c.consistency),
-            )
-        })?;
-        range("cassandra.concurrency", c.concurrency as i64, 1, 4_096)?;
-        range(
-            "cassandra.request_timeout_ms",
-            c.request_timeout_ms as i64,
-            10,
-            600_000,
-        )?;
-
-        let m = &self.mysql;
-        nonempty("mysql.host", &m.host)?;
-        range("mysql.port", i64::from(m.port), 1, 65_535)?;
-        nonempty("mysql.user", &m.user)?;
-        identifier("mysql.database", &m.database)?;
-        range(
-            "mysql.max_connections",
-            i64::from(m.max_connections),
-            2,
-            1_000,
-        )?;
-        range("mysql.timeout_ms", m.timeout_ms as i64, 10, 600_000)?;
-
-        let p = &self.pipeline;
+    /// The `pipeline.*` keys, which are also bounded by the Kafka settings and the memory budget.
+    fn validate_pipeline(&self) -> Result<(), ConfigError> {
+        let (p, k) = (&self.pipeline, &self.kafka);
         range("pipeline.max_orders", p.max_orders as i64, 1, 1_000_000)?;
         range("pipeline.max_bytes", p.max_bytes as i64, 1_024, 1 << 30)?;
         range("pipeline.max_wait_ms", p.max_wait_ms as i64, 1, 600_000)?;
@@ -548,56 +468,6 @@ impl Config {
                      {} bytes",
                     p.memory_budget_bytes
                 ),
-            ));
-        }
-
-        let pr = &self.producer;
-        range(
-            "producer.rate_per_sec",
-            i64::from(pr.rate_per_sec),
-            1,
-            10_000_000,
-        )?;
-        range(
-            "producer.lease_ttl_ms",
-            pr.lease_ttl_ms as i64,
-            1_000,
-            600_000,
-        )?;
-        if let Some(id) = pr.instance_id {
-            range("producer.instance_id", i64::from(id), 0, 1_023)?;
-        }
-
-        if !self.http.listen.is_empty() {
-            self.http
-                .listen
-                .parse::<std::net::SocketAddr>()
-                .map_err(|e| invalid("http.listen", format!("{:?}: {e}", self.http.listen)))?;
-        }
-
-        let s = &self.supervision;
-        range(
-            "supervision.restart_budget",
-            i64::from(s.restart_budget),
-            0,
-            1_000_000,
-        )?;
-        range(
-            "supervision.restart_window_ms",
-            s.restart_window_ms as i64,
-            1,
-            86_400_000,
-        )?;
-        range(
-            "supervision.backoff_initial_ms",
-            s.backoff_initial_ms as i64,
-            1,
-            3_600_000,
-        )?;
-        if s.backoff_max_ms < s.backoff_initial_ms {
-            return Err(invalid(
-                "supervision.backoff_max_ms",
-                "must be >= backoff_initial_ms",
             ));
         }
         Ok(())

@@ -6,9 +6,7 @@
 
 use std::time::Duration;
 
-use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
-};
+use metrics::{counter, gauge, histogram, KeyName, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const CONSUMER_RECORDS: &str = "orderstream_consumer_records_total";
@@ -73,119 +71,65 @@ pub fn install() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
-fn describe() {
-    describe_counter!(CONSUMER_RECORDS, "Records read from the orders topic.");
-    describe_counter!(
-        CONSUMER_REBALANCES,
-        "Assignment changes seen by this member, by kind."
-    );
-    describe_gauge!(
-        CONSUMER_PAUSED,
-        "Partitions currently paused (backpressure or claim pending)."
-    );
-    describe_counter!(
-        CONSUMER_COMMIT_FAILURES,
-        "Failed Kafka offset commits (a hint only; the ledger is the truth)."
-    );
-    describe_counter!(BATCHES, "Micro-batches cut, by trigger.");
-    describe_histogram!(BATCH_SIZE, "Records per micro-batch.");
-    describe_gauge!(IN_FLIGHT, "Batches cut but not yet committed to MySQL.");
-    describe_counter!(
-        CASSANDRA_ROWS,
-        "Orders written to Cassandra (replays included)."
-    );
-    describe_counter!(
-        CASSANDRA_RETRIES,
-        "Cassandra inserts retried after an error."
-    );
-    describe_histogram!(
-        CASSANDRA_LATENCY,
-        Unit::Seconds,
-        "Time to write one batch's rows to Cassandra."
-    );
-    describe_counter!(MYSQL_TXNS, "Batch transactions, by outcome.");
-    describe_counter!(
-        MYSQL_RETRIES,
-        "Batch transactions retried after a transient error."
-    );
-    describe_histogram!(
-        MYSQL_LATENCY,
-        Unit::Seconds,
-        "Time of one batch transaction, retries included."
-    );
-    describe_counter!(MYSQL_ORDERS, "Orders folded into the aggregates.");
-    describe_counter!(
-        MYSQL_REPLAYED,
-        "Records skipped because the ledger was past them."
-    );
-    describe_counter!(
-        MYSQL_FENCED,
-        "Batches with records of a partition this instance no longer owns."
-    );
-    describe_counter!(
-        DEAD_LETTERS,
-        "Records published to the dead-letter topic, by reason."
-    );
-    describe_counter!(
-        PRODUCER_ORDERS,
-        "Simulated orders acknowledged by the broker."
-    );
-    describe_counter!(
-        PRODUCER_ERRORS,
-        "Simulated orders the broker failed to acknowledge."
-    );
-    describe_histogram!(
-        END_TO_END,
-        Unit::Seconds,
-        "From an order's created_at to its MySQL commit."
-    );
-    describe_counter!(
-        RESTARTS,
-        "Data-path restarts after an unexpected failure, by actor."
-    );
-    describe_gauge!(ACTOR_UP, "1 while the actor runs, by actor.");
-    describe_gauge!(
-        DEPENDENCY_UP,
-        "1 while the store answered its last probe (every 2 s), by dependency."
-    );
-    describe_counter!(
-        CONSUMER_REJOINS,
-        "Times this instance left the consumer group and joined again as a new member, by reason."
-    );
-    describe_counter!(
-        CONSUMER_RELEASED,
-        "Partitions released because another member claimed them in the ledger."
-    );
-    describe_gauge!(
-        PARTITION_LAG,
-        "Records waiting between the ledger and the log end, by partition (every partition of \
-         the topic, whoever holds it)."
-    );
-    describe_gauge!(
-        PARTITION_PROGRESS,
-        Unit::Seconds,
-        "Unix time the partition's ledger last advanced or was last seen at the log end."
-    );
-    describe_gauge!(
-        PARTITION_STUCK,
-        "1 while records wait on the partition and its ledger has not moved for \
-         pipeline.stuck_after_ms."
-    );
-    describe_counter!(
-        WATCHDOG_STUCK,
-        "Times the watchdog found a partition stuck."
-    );
-    describe_gauge!(
-        PROCESS_MEMORY,
-        Unit::Bytes,
-        "Resident memory of this process."
-    );
-    describe_counter!(
-        PROCESS_CPU,
-        Unit::Seconds,
-        "CPU time (user + system) used by this process."
-    );
+/// Every metric: name, kind, unit and help text (what `# HELP` says).
+const DESCRIBED: &[(&str, Kind, Option<Unit>, &str)] = &[
+    (CONSUMER_RECORDS, Kind::Counter, None, "Records read from the orders topic."),
+    (CONSUMER_REBALANCES, Kind::Counter, None, "Assignment changes seen by this member, by kind."),
+    (CONSUMER_PAUSED, Kind::Gauge, None, "Partitions currently paused (backpressure or claim pending)."),
+    (CONSUMER_COMMIT_FAILURES, Kind::Counter, None, "Failed Kafka offset commits (a hint only; the ledger is the truth)."),
+    (BATCHES, Kind::Counter, None, "Micro-batches cut, by trigger."),
+    (BATCH_SIZE, Kind::Histogram, None, "Records per micro-batch."),
+    (IN_FLIGHT, Kind::Gauge, None, "Batches cut but not yet committed to MySQL."),
+    (CASSANDRA_ROWS, Kind::Counter, None, "Orders written to Cassandra (replays included)."),
+    (CASSANDRA_RETRIES, Kind::Counter, None, "Cassandra inserts retried after an error."),
+    (CASSANDRA_LATENCY, Kind::Histogram, Some(Unit::Seconds), "Time to write one batch's rows to Cassandra."),
+    (MYSQL_TXNS, Kind::Counter, None, "Batch transactions, by outcome."),
+    (MYSQL_RETRIES, Kind::Counter, None, "Batch transactions retried after a transient error."),
+    (MYSQL_LATENCY, Kind::Histogram, Some(Unit::Seconds), "Time of one batch transaction, retries included."),
+    (MYSQL_ORDERS, Kind::Counter, None, "Orders folded into the aggregates."),
+    (MYSQL_REPLAYED, Kind::Counter, None, "Records skipped because the ledger was past them."),
+    (MYSQL_FENCED, Kind::Counter, None, "Batches with records of a partition this instance no longer owns."),
+    (DEAD_LETTERS, Kind::Counter, None, "Records published to the dead-letter topic, by reason."),
+    (PRODUCER_ORDERS, Kind::Counter, None, "Simulated orders acknowledged by the broker."),
+    (PRODUCER_ERRORS, Kind::Counter, None, "Simulated orders the broker failed to acknowledge."),
+    (END_TO_END, Kind::Histogram, Some(Unit::Seconds), "From an order's created_at to its MySQL commit."),
+    (RESTARTS, Kind::Counter, None, "Data-path restarts after an unexpected failure, by actor."),
+    (ACTOR_UP, Kind::Gauge, None, "1 while the actor runs, by actor."),
+    (DEPENDENCY_UP, Kind::Gauge, None, "1 while the store answered its last probe (every 2 s), by dependency."),
+    (CONSUMER_REJOINS, Kind::Counter, None, "Times this instance left the consumer group and joined again as a new member, by reason."),
+    (CONSUMER_RELEASED, Kind::Counter, None, "Partitions released because another member claimed them in the ledger."),
+    (PARTITION_LAG, Kind::Gauge, None, "Records waiting between the ledger and the log end, by partition (every partition of the topic, whoever holds it)."),
+    (PARTITION_PROGRESS, Kind::Gauge, Some(Unit::Seconds), "Unix time the partition's ledger last advanced or was last seen at the log end."),
+    (PARTITION_STUCK, Kind::Gauge, None, "1 while records wait on the partition and its ledger has not moved for pipeline.stuck_after_ms."),
+    (WATCHDOG_STUCK, Kind::Counter, None, "Times the watchdog found a partition stuck."),
+    (PROCESS_MEMORY, Kind::Gauge, Some(Unit::Bytes), "Resident memory of this process."),
+    (PROCESS_CPU, Kind::Counter, Some(Unit::Seconds), "CPU time (user + system) used by this process."),
+];
 
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+fn describe() {
+    metrics::with_recorder(|recorder| {
+        for &(name, kind, unit, help) in DESCRIBED {
+            let (name, help) = (KeyName::from(name), SharedString::from(help));
+            match kind {
+                Kind::Counter => recorder.describe_counter(name, unit, help),
+                Kind::Gauge => recorder.describe_gauge(name, unit, help),
+                Kind::Histogram => recorder.describe_histogram(name, unit, help),
+            }
+        }
+    });
+    register_at_zero();
+}
+
+/// Every counter at zero for its known labels, so dashboards see a series before the first
+/// event.
+fn register_at_zero() {
     counter!(CONSUMER_REJOINS, "reason" => REJOIN_STUCK).absolute(0);
     for kind in ["assign", "revoke"] {
         counter!(CONSUMER_REBALANCES, "kind" => kind).absolute(0);
@@ -224,6 +168,60 @@ pub fn rebalance(kind: &'static str) {
 
 /// The `reason` of a rejoin for stuck partitions that this instance did not hold.
 pub const REJOIN_STUCK: &str = "stuck_unheld";
+
+/// The watchdog found a partition stuck: records wait above `ledger_offset` and it has not
+/// moved for `waiting`.
+pub fn partition_stuck(
+    partition: i32,
+    ledger_offset: i64,
+    log_end: i64,
+    owner: &str,
+    waiting: Duration,
+) {
+    counter!(WATCHDOG_STUCK).increment(1);
+    tracing::warn!(
+        partition,
+        ledger_offset,
+        log_end,
+        owner,
+        waiting_s = waiting.as_secs(),
+        "partition stuck: records wait and the ledger has not moved"
+    );
+}
+
+/// This instance leaves the group to join again, for stuck partitions it does not hold.
+pub fn rejoin_for_stuck(reason: &str) {
+    counter!(CONSUMER_REJOINS, "reason" => REJOIN_STUCK).increment(1);
+    tracing::warn!(%reason, "leaving the consumer group to join again as a new member");
+}
+
+/// A partition this member held was claimed by another member (its batch was fenced).
+pub fn partition_released(partition: i32, epoch: i64) {
+    counter!(CONSUMER_RELEASED).increment(1);
+    tracing::warn!(
+        partition,
+        epoch,
+        "partition released: another member claimed it in the ledger (fenced batch)"
+    );
+}
+
+/// A Kafka offset commit (a hint for lag tools; the ledger rules) failed.
+pub fn commit_hint_failed(error: &dyn std::fmt::Display) {
+    counter!(CONSUMER_COMMIT_FAILURES).increment(1);
+    tracing::warn!(%error, "kafka offset commit failed");
+}
+
+/// A Cassandra insert failed and is retried (debug: a node restart makes thousands).
+pub fn cassandra_retry(error: &dyn std::fmt::Display) {
+    counter!(CASSANDRA_RETRIES).increment(1);
+    tracing::debug!(%error, "cassandra insert failed, retrying");
+}
+
+/// An OLAP store request failed and is retried.
+pub fn olap_retry(error: &dyn std::fmt::Display) {
+    counter!(MYSQL_RETRIES).increment(1);
+    tracing::warn!(%error, "mysql request failed, retrying");
+}
 
 /// One partition as the watchdog last saw it.
 pub fn partition_progress(partition: i32, lag: i64, progressed_unix: f64, stuck: bool) {

@@ -1,5 +1,5 @@
 //! CassandraWriter: stores a batch's valid orders in Cassandra, dead-letters its invalid
-//! records, then hands the batch to the MysqlAggregator.
+//! records, then hands the batch to the OlapAggregator.
 //!
 //! Several batches may be written at once; one semaphore bounds the inserts in flight across
 //! all of them. The inserts run as a tokio task on the worker threads, not on the actor's
@@ -21,7 +21,7 @@ use crate::model::batch::Batch;
 use crate::model::order::Reason;
 use crate::ops::telemetry;
 use crate::pipeline::dead_letters::{DeadLetter, DeadLetters, PublishDeadLetters};
-use crate::pipeline::olap_aggregator::{BatchWritten, MysqlAggregator};
+use crate::pipeline::olap_aggregator::{BatchWritten, OlapAggregator};
 use crate::pipeline::{ActorFailed, Failure, Halt};
 use crate::stores::cassandra::{CassandraError, CassandraStore};
 use tokio_util::task::AbortOnDropHandle;
@@ -35,7 +35,7 @@ pub struct CassandraWriter {
     store: Arc<CassandraStore>,
     permits: Arc<Semaphore>,
     concurrency: usize,
-    aggregator: Addr<MysqlAggregator>,
+    aggregator: Addr<OlapAggregator>,
     dead_letters: Addr<DeadLetters>,
     supervisor: Recipient<ActorFailed>,
     backoff: ExponentialBackoff,
@@ -45,7 +45,7 @@ impl CassandraWriter {
     pub fn new(
         store: Arc<CassandraStore>,
         concurrency: usize,
-        aggregator: Addr<MysqlAggregator>,
+        aggregator: Addr<OlapAggregator>,
         dead_letters: Addr<DeadLetters>,
         supervisor: Recipient<ActorFailed>,
         backoff: ExponentialBackoff,
@@ -91,8 +91,7 @@ async fn insert_with_retry(
             if e.is_rejection() {
                 backoff::Error::permanent(e)
             } else {
-                counter!(telemetry::CASSANDRA_RETRIES).increment(1);
-                tracing::debug!(error = %e, "cassandra insert failed, retrying");
+                telemetry::cassandra_retry(&e);
                 backoff::Error::transient(e)
             }
         })

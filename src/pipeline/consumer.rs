@@ -95,6 +95,24 @@ pub struct ConsumerSettings {
     pub request_timeout: Duration,
 }
 
+/// What a consumer is built from.
+pub struct ConsumerWiring {
+    pub settings: ConsumerSettings,
+    pub client: Client,
+    /// Assignment changes from the client's rebalance callback.
+    pub changes: mpsc::Receiver<AssignmentChange>,
+    pub store: OlapStore,
+    pub batcher: Addr<Batcher>,
+    pub flow: Arc<Flow>,
+    pub health: Arc<Health>,
+    pub supervisor: Recipient<ActorFailed>,
+    /// Set when the data path is torn down; the poll loop stops on it.
+    pub stop: Arc<AtomicBool>,
+    pub backoff: ExponentialBackoff,
+    /// Fired once the client is closed, that is once this member has left the group.
+    pub left: tokio::sync::oneshot::Sender<()>,
+}
+
 pub struct KafkaConsumer {
     settings: ConsumerSettings,
     client: Arc<Client>,
@@ -113,33 +131,20 @@ pub struct KafkaConsumer {
 }
 
 impl KafkaConsumer {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        settings: ConsumerSettings,
-        client: Client,
-        changes: mpsc::Receiver<AssignmentChange>,
-        store: OlapStore,
-        batcher: Addr<Batcher>,
-        flow: Arc<Flow>,
-        health: Arc<Health>,
-        supervisor: Recipient<ActorFailed>,
-        stop: Arc<AtomicBool>,
-        backoff: ExponentialBackoff,
-        left: tokio::sync::oneshot::Sender<()>,
-    ) -> Self {
+    pub fn new(w: ConsumerWiring) -> Self {
         Self {
-            settings,
-            client: Arc::new(client),
+            settings: w.settings,
+            client: Arc::new(w.client),
             gate: Arc::default(),
-            store,
-            batcher,
-            flow,
-            health,
-            supervisor,
-            changes: Some(changes),
-            stop,
-            backoff,
-            left: Some(left),
+            store: w.store,
+            batcher: w.batcher,
+            flow: w.flow,
+            health: w.health,
+            supervisor: w.supervisor,
+            changes: Some(w.changes),
+            stop: w.stop,
+            backoff: w.backoff,
+            left: Some(w.left),
         }
     }
 
@@ -205,8 +210,8 @@ impl KafkaConsumer {
             partition,
             Offset::Offset(claim.next_offset),
         );
-        if self.client.commit(&offsets, CommitMode::Async).is_err() {
-            counter!(telemetry::CONSUMER_COMMIT_FAILURES).increment(1);
+        if let Err(e) = self.client.commit(&offsets, CommitMode::Async) {
+            telemetry::commit_hint_failed(&e);
         }
         tracing::info!(
             partition,
@@ -271,12 +276,7 @@ impl KafkaConsumer {
         if let Err(e) = self.client.pause(&tpl(&self.settings.topic, &[partition])) {
             tracing::warn!(partition, error = %e, "pause of a released partition failed");
         }
-        counter!(telemetry::CONSUMER_RELEASED).increment(1);
-        tracing::warn!(
-            partition,
-            epoch,
-            "partition released: another member claimed it in the ledger (fenced batch)"
-        );
+        telemetry::partition_released(partition, epoch);
         self.publish_held();
         self.update_paused_gauge();
     }
@@ -645,8 +645,7 @@ impl Handler<BatchCommitted> for KafkaConsumer {
             }
             // A failed commit (a zombie's generation error, say) is a warning: the ledger rules.
             if let Err(e) = self.client.commit(&offsets, CommitMode::Async) {
-                counter!(telemetry::CONSUMER_COMMIT_FAILURES).increment(1);
-                tracing::warn!(error = %e, "kafka offset commit failed");
+                telemetry::commit_hint_failed(&e);
             }
         }
         #[cfg(feature = "failpoints")]

@@ -1,4 +1,4 @@
-//! MysqlAggregator: applies batches to the OLAP store (MySQL; SQLite in the demo, see
+//! OlapAggregator: applies batches to the OLAP store (MySQL; SQLite in the demo, see
 //! `olap.rs`) strictly in the order they were cut.
 //!
 //! Cassandra writes of several batches may finish in any order; this actor holds early arrivals
@@ -50,7 +50,7 @@ pub struct Rejections {
     pub cassandra: Arc<CassandraStore>,
 }
 
-pub struct MysqlAggregator {
+pub struct OlapAggregator {
     store: OlapStore,
     rejections: Rejections,
     topic: String,
@@ -64,7 +64,7 @@ pub struct MysqlAggregator {
     backoff: ExponentialBackoff,
 }
 
-impl MysqlAggregator {
+impl OlapAggregator {
     pub fn new(
         store: OlapStore,
         rejections: Rejections,
@@ -224,8 +224,7 @@ where
     backoff::future::retry(backoff, || async {
         op().await.map_err(|e| {
             if e.is_transient() {
-                counter!(telemetry::MYSQL_RETRIES).increment(1);
-                tracing::warn!(error = %e, "mysql request failed, retrying");
+                telemetry::olap_retry(&e);
                 backoff::Error::transient(e)
             } else {
                 backoff::Error::permanent(e)
@@ -249,7 +248,7 @@ async fn apply_with_retry(
     .await
 }
 
-impl Actor for MysqlAggregator {
+impl Actor for OlapAggregator {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(256);
@@ -260,7 +259,7 @@ impl Actor for MysqlAggregator {
     }
 }
 
-impl Handler<BatchWritten> for MysqlAggregator {
+impl Handler<BatchWritten> for OlapAggregator {
     type Result = ();
     fn handle(&mut self, BatchWritten(batch): BatchWritten, ctx: &mut Self::Context) {
         self.pending.insert(batch.seq, batch);
@@ -273,14 +272,14 @@ impl Handler<BatchWritten> for MysqlAggregator {
 #[rtype(result = "()")]
 pub struct NotifyConsumer(pub Recipient<BatchCommitted>);
 
-impl Handler<NotifyConsumer> for MysqlAggregator {
+impl Handler<NotifyConsumer> for OlapAggregator {
     type Result = ();
     fn handle(&mut self, NotifyConsumer(r): NotifyConsumer, _: &mut Self::Context) {
         self.consumer = Some(r);
     }
 }
 
-impl Handler<Halt> for MysqlAggregator {
+impl Handler<Halt> for OlapAggregator {
     type Result = ();
     fn handle(&mut self, _: Halt, ctx: &mut Self::Context) {
         ctx.stop();

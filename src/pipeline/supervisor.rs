@@ -24,9 +24,9 @@ use crate::model::order::Reason;
 use crate::ops::{telemetry, Health};
 use crate::pipeline::batcher::{Batcher, FlushOpen};
 use crate::pipeline::cassandra_writer::CassandraWriter;
-use crate::pipeline::consumer::{ConsumerSettings, KafkaConsumer, StopPolling};
+use crate::pipeline::consumer::{ConsumerSettings, ConsumerWiring, KafkaConsumer, StopPolling};
 use crate::pipeline::dead_letters::DeadLetters;
-use crate::pipeline::olap_aggregator::{MysqlAggregator, NotifyConsumer, Rejections};
+use crate::pipeline::olap_aggregator::{NotifyConsumer, OlapAggregator, Rejections};
 use crate::pipeline::watchdog::{Change, PartitionView, RejoinPolicy, Watchdog};
 use crate::pipeline::{ActorFailed, Failure, Flow, Halt, Remedy};
 use crate::stores::cassandra::CassandraStore;
@@ -60,10 +60,18 @@ struct DataPath {
     consumer: Addr<KafkaConsumer>,
     batcher: Addr<Batcher>,
     writer: Addr<CassandraWriter>,
-    aggregator: Addr<MysqlAggregator>,
+    aggregator: Addr<OlapAggregator>,
     dead_letters: Addr<DeadLetters>,
     flow: Arc<Flow>,
     stop: Arc<AtomicBool>,
+}
+
+/// The actors behind the consumer.
+struct Sinks {
+    batcher: Addr<Batcher>,
+    writer: Addr<CassandraWriter>,
+    aggregator: Addr<OlapAggregator>,
+    dead_letters: Addr<DeadLetters>,
 }
 
 impl DataPath {
@@ -135,20 +143,55 @@ impl Pipeline {
         }
     }
 
+    /// Builds the data path from the sink end: the actors behind the consumer first, so that
+    /// nothing is consumed before there is somewhere to put it.
     fn start_path(&mut self, ctx: &mut Context<Self>) -> Result<(), Failure> {
         // Never two data paths at once.
         if let Some(old) = self.path.take() {
             old.halt();
         }
         self.path_started = Instant::now();
-        let cfg = &self.cfg;
-        let backoff = retry_backoff(cfg);
-        let supervisor = ctx.address().recipient::<ActorFailed>();
-        let flow = Arc::new(Flow::new(cfg.pipeline.max_in_flight_batches));
-        let stop = Arc::new(AtomicBool::new(false));
         self.generation += 1;
         let client_id = format!("{}-g{}", self.owner, self.generation);
+        let supervisor = ctx.address().recipient::<ActorFailed>();
+        let flow = Arc::new(Flow::new(self.cfg.pipeline.max_in_flight_batches));
+        let sinks = self.start_sinks(&client_id, &flow, &supervisor)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let consumer = self.start_consumer(&client_id, &sinks, &flow, supervisor, &stop)?;
+        sinks
+            .aggregator
+            .do_send(NotifyConsumer(consumer.clone().recipient()));
+        let Sinks {
+            batcher,
+            writer,
+            aggregator,
+            dead_letters,
+        } = sinks;
+        self.path = Some(DataPath {
+            consumer,
+            batcher,
+            writer,
+            aggregator,
+            dead_letters,
+            flow,
+            stop,
+        });
+        // Ready once the consumer has joined the group and claimed what it was given (it says
+        // so itself): producing into an instance that is still joining only adds latency.
+        self.health.set_ready(false);
+        Ok(())
+    }
 
+    /// Dead letters, the OLAP aggregator, the Cassandra writer and the batcher, wired back to
+    /// front.
+    fn start_sinks(
+        &self,
+        client_id: &str,
+        flow: &Arc<Flow>,
+        supervisor: &Recipient<ActorFailed>,
+    ) -> Result<Sinks, Failure> {
+        let cfg = &self.cfg;
+        let backoff = retry_backoff(cfg);
         let dlq_producer = kafka::producer_config(&cfg.kafka, &format!("{client_id}-dlq"))
             .create()
             .map_err(|e| Failure::kafka("creating the dead-letter producer", e))?;
@@ -164,7 +207,7 @@ impl Pipeline {
             dead_letters: dead_letters.clone(),
             cassandra: self.stores.cassandra.clone(),
         };
-        let aggregator = MysqlAggregator::new(
+        let aggregator = OlapAggregator::new(
             self.stores.olap.clone(),
             rejections,
             cfg.kafka.topic.clone(),
@@ -190,7 +233,24 @@ impl Pipeline {
         };
         let batcher =
             Batcher::new(limits, writer.clone(), flow.clone(), supervisor.clone()).start();
+        Ok(Sinks {
+            batcher,
+            writer,
+            aggregator,
+            dead_letters,
+        })
+    }
 
+    /// The consumer: a new group member with its own client, handing records to the batcher.
+    fn start_consumer(
+        &mut self,
+        client_id: &str,
+        sinks: &Sinks,
+        flow: &Arc<Flow>,
+        supervisor: Recipient<ActorFailed>,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<Addr<KafkaConsumer>, Failure> {
+        let cfg = &self.cfg;
         let (changes_tx, changes_rx) = mpsc::channel(1024);
         let context = LedgerContext {
             topic: cfg.kafka.topic.clone(),
@@ -203,40 +263,27 @@ impl Pipeline {
         .map_err(|e| Failure::kafka("creating the consumer", e))?;
         let settings = ConsumerSettings {
             topic: cfg.kafka.topic.clone(),
-            owner: client_id,
+            owner: client_id.to_owned(),
             max_record_bytes: cfg.pipeline.max_record_bytes,
             request_timeout: Duration::from_millis(u64::from(cfg.kafka.request_timeout_ms)),
         };
         let (left, leaving) = tokio::sync::oneshot::channel();
         self.leaving = Some(leaving);
-        let consumer = KafkaConsumer::new(
+        let consumer = KafkaConsumer::new(ConsumerWiring {
             settings,
             client,
-            changes_rx,
-            self.stores.olap.clone(),
-            batcher.clone(),
-            flow.clone(),
-            self.health.clone(),
+            changes: changes_rx,
+            store: self.stores.olap.clone(),
+            batcher: sinks.batcher.clone(),
+            flow: flow.clone(),
+            health: self.health.clone(),
             supervisor,
-            stop.clone(),
-            backoff,
+            stop: stop.clone(),
+            backoff: retry_backoff(cfg),
             left,
-        )
+        })
         .start();
-        aggregator.do_send(NotifyConsumer(consumer.clone().recipient()));
-        self.path = Some(DataPath {
-            consumer,
-            batcher,
-            writer,
-            aggregator,
-            dead_letters,
-            flow,
-            stop,
-        });
-        // Ready once the consumer has joined the group and claimed what it was given (it says
-        // so itself): producing into an instance that is still joining only adds latency.
-        self.health.set_ready(false);
-        Ok(())
+        Ok(consumer)
     }
 
     /// Asks `cli::run` to end the process with `code` (the first request wins).
@@ -398,14 +445,12 @@ impl Pipeline {
         for change in self.watchdog.observe(now, views) {
             match change {
                 Change::Stuck { view, waiting } => {
-                    counter!(telemetry::WATCHDOG_STUCK).increment(1);
-                    tracing::warn!(
-                        partition = view.partition,
-                        ledger_offset = view.next,
-                        log_end = view.end,
-                        owner = %view.owner,
-                        waiting_s = waiting.as_secs(),
-                        "partition stuck: records wait and the ledger has not moved"
+                    telemetry::partition_stuck(
+                        view.partition,
+                        view.next,
+                        view.end,
+                        &view.owner,
+                        waiting,
                     );
                 }
                 Change::Moving { view, stuck_for } => tracing::info!(
@@ -454,8 +499,7 @@ impl Pipeline {
             return;
         };
         self.restarting = true;
-        counter!(telemetry::CONSUMER_REJOINS, "reason" => telemetry::REJOIN_STUCK).increment(1);
-        tracing::warn!(%reason, "leaving the consumer group to join again as a new member");
+        telemetry::rejoin_for_stuck(&reason);
         path.halt();
         self.health.set_ready(false);
         self.start_after_leave(ctx);

@@ -74,23 +74,10 @@ pub struct DemoOptions {
 pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<i32> {
     let mut shutdown = crate::ops::Shutdown::listen();
     let olap = open_olap(opts.sqlite.as_deref(), &cfg.kafka.topic).await?;
-
-    // Kafka: the mock cluster has no CreateTopics, so the topics are made here.
-    let mock = MockCluster::new(1).context("starting the in-process Kafka (mock cluster)")?;
-    let partitions = cfg.kafka.partitions;
-    mock.create_topic(&cfg.kafka.topic, partitions, 1)?;
-    mock.create_topic(&cfg.kafka.dead_letter_topic, partitions.clamp(1, 3), 1)?;
-    cfg.kafka.brokers = mock.bootstrap_servers();
-
-    // Cassandra: the CQL emulator, served from this process.
-    let cql = cql_emulator::start_in_process().await?;
-    cfg.cassandra.contact_points = vec![cql.to_string()];
-    crate::stores::cassandra::migrate(&cfg.cassandra)
-        .await
-        .context("cassandra schema")?;
-    let cassandra = Arc::new(CassandraStore::connect(&cfg.cassandra).await?);
-
-    let cap = ORDERS_PER_PARTITION * partitions.max(1) as u64;
+    // Kept alive until the demo ends: dropping it stops the in-memory broker.
+    let _mock = start_kafka(&mut cfg)?;
+    let cassandra = start_cassandra(&mut cfg).await?;
+    let cap = ORDERS_PER_PARTITION * cfg.kafka.partitions.max(1) as u64;
     print_banner(&cfg, &opts, cap);
 
     let health = Arc::new(Health::default());
@@ -102,14 +89,8 @@ pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<i32> {
         cassandra,
         olap: olap.clone(),
     };
-    let pipeline = Pipeline::new(
-        cfg.clone(),
-        stores,
-        health,
-        crate::pipeline::supervisor::instance_name(),
-        exit_tx,
-    )
-    .start();
+    let owner = crate::pipeline::supervisor::instance_name();
+    let pipeline = Pipeline::new(cfg.clone(), stores, health, owner, exit_tx).start();
 
     let (done_tx, mut done_rx) = oneshot::channel();
     let producer = OrderProducer::new(
@@ -124,14 +105,15 @@ pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<i32> {
     .with_invalid_every(opts.invalid_every)
     .start();
 
-    let started = Instant::now();
     let summary = Summary {
         cfg: cfg.clone(),
         olap: olap.clone(),
         metrics,
-        started,
+        started: Instant::now(),
     };
-    let deadline = opts.seconds.map(|s| started + Duration::from_secs(s));
+    let deadline = opts
+        .seconds
+        .map(|s| summary.started + Duration::from_secs(s));
     let mut ticker = tokio::time::interval(opts.summary_every);
     ticker.tick().await;
     let mut producing = true;
@@ -157,10 +139,53 @@ pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<i32> {
         eprintln!("demo: the pipeline stopped (exit {code})");
         return Ok(code);
     }
+    finish(
+        &cfg,
+        &olap,
+        &summary,
+        pipeline,
+        &mut shutdown,
+        opts.catch_up,
+    )
+    .await
+}
 
+/// Kafka: librdkafka's mock cluster in this process, with the topics (the mock cluster has no
+/// CreateTopics). Points `cfg` at it.
+fn start_kafka(
+    cfg: &mut Config,
+) -> anyhow::Result<MockCluster<'static, rdkafka::producer::DefaultProducerContext>> {
+    let mock = MockCluster::new(1).context("starting the in-process Kafka (mock cluster)")?;
+    let partitions = cfg.kafka.partitions;
+    mock.create_topic(&cfg.kafka.topic, partitions, 1)?;
+    mock.create_topic(&cfg.kafka.dead_letter_topic, partitions.clamp(1, 3), 1)?;
+    cfg.kafka.brokers = mock.bootstrap_servers();
+    Ok(mock)
+}
+
+/// Cassandra: the CQL emulator, served from this process, migrated. Points `cfg` at it.
+async fn start_cassandra(cfg: &mut Config) -> anyhow::Result<Arc<CassandraStore>> {
+    let cql = cql_emulator::start_in_process().await?;
+    cfg.cassandra.contact_points = vec![cql.to_string()];
+    crate::stores::cassandra::migrate(&cfg.cassandra)
+        .await
+        .context("cassandra schema")?;
+    Ok(Arc::new(CassandraStore::connect(&cfg.cassandra).await?))
+}
+
+/// After the producer stopped: lets the pipeline catch up, drains it, prints the last summary
+/// and audits both stores. Returns 0 when exact, 4 otherwise.
+async fn finish(
+    cfg: &Config,
+    olap: &OlapStore,
+    summary: &Summary,
+    pipeline: Addr<Pipeline>,
+    shutdown: &mut crate::ops::Shutdown,
+    catch_up: Duration,
+) -> anyhow::Result<i32> {
     println!("\nstopping: producer stopped; letting the pipeline catch up (Ctrl-C to skip)");
     tokio::select! {
-        _ = summary.caught_up(opts.catch_up) => {}
+        _ = summary.caught_up(catch_up) => {}
         _ = shutdown.requested() => println!("catching up skipped"),
     }
     let drained = pipeline.send(Drain).await.unwrap_or(false);
@@ -175,7 +200,7 @@ pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<i32> {
     summary.print().await;
 
     println!("\nfinal audit (orderstream reconcile: topic vs Cassandra vs SQLite):");
-    let report = reconcile::reconcile_with(&cfg, &olap, reconcile::DEFAULT_READ_TIME).await?;
+    let report = reconcile::reconcile_with(cfg, olap, reconcile::DEFAULT_READ_TIME).await?;
     print!("{report}");
     Ok(if report.is_exact() { 0 } else { 4 })
 }

@@ -159,10 +159,32 @@ pub fn audit(
         cassandra_rows: rows.len(),
         ..Report::default()
     };
-    let below = |p: i32, o: i64| ledger.get(&p).is_some_and(|next| o < *next);
+    let letters = letters_by_source(topic, dead);
+    let (accounted, ids_in_topic) =
+        account(&ledger, records, &letters, max_record_bytes, &mut report);
+    compare_rows(&accounted, &ids_in_topic, rows, &mut report);
 
-    // Dead letters by the coordinates of their source record.
-    let mut letters: BTreeMap<Coordinates, String> = BTreeMap::new();
+    // MySQL counts every accounted record, duplicates included.
+    let expected = Deltas::fold(accounted.iter().map(|(_, o)| o));
+    diff(
+        "aggregated_sales",
+        &expected.daily,
+        &stored.daily,
+        &mut report.aggregate_differences,
+    );
+    diff(
+        "sales_per_minute",
+        &expected.per_minute,
+        &stored.per_minute,
+        &mut report.aggregate_differences,
+    );
+    report.ledger = ledger;
+    report
+}
+
+/// The dead letters of `topic`, by the coordinates of their source record: the reason.
+fn letters_by_source(topic: &str, dead: &[TopicRecord]) -> BTreeMap<Coordinates, String> {
+    let mut letters = BTreeMap::new();
     for d in dead {
         let source = (
             d.headers.get("source_topic").map(String::as_str),
@@ -178,9 +200,22 @@ pub fn audit(
             }
         }
     }
+    letters
+}
 
-    let mut accounted: Vec<(Coordinates, Order)> = Vec::new();
-    let mut ids_in_topic: BTreeSet<i64> = BTreeSet::new();
+/// Classifies every record below the ledger: a valid order the stores must hold (returned with
+/// its coordinates), a valid order the store refused, or an invalid record that must have its
+/// dead letter. Also returns every valid order id in the topic, below the ledger or not.
+fn account(
+    ledger: &BTreeMap<i32, i64>,
+    records: &[TopicRecord],
+    letters: &BTreeMap<Coordinates, String>,
+    max_record_bytes: usize,
+    report: &mut Report,
+) -> (Vec<(Coordinates, Order)>, BTreeSet<i64>) {
+    let below = |p: i32, o: i64| ledger.get(&p).is_some_and(|next| o < *next);
+    let mut accounted = Vec::new();
+    let mut ids_in_topic = BTreeSet::new();
     for r in records {
         let at = (r.partition, r.offset);
         let decoded = order::decode(&r.payload, max_record_bytes);
@@ -216,15 +251,25 @@ pub fn audit(
             }
         }
     }
+    (accounted, ids_in_topic)
+}
 
+/// Cassandra against the accounted orders: duplicates, missing and different rows, and rows no
+/// record of the topic explains.
+fn compare_rows(
+    accounted: &[(Coordinates, Order)],
+    ids_in_topic: &BTreeSet<i64>,
+    rows: &[Order],
+    report: &mut Report,
+) {
     let mut per_id: BTreeMap<i64, usize> = BTreeMap::new();
-    for (_, o) in &accounted {
+    for (_, o) in accounted {
         *per_id.entry(o.order_id).or_default() += 1;
     }
     report.duplicate_ids = per_id.into_iter().filter(|(_, n)| *n > 1).collect();
 
     let by_id: BTreeMap<i64, &Order> = rows.iter().map(|o| (o.order_id, o)).collect();
-    for (at, o) in &accounted {
+    for (at, o) in accounted {
         match by_id.get(&o.order_id) {
             None => report.missing.push((*at, o.order_id)),
             Some(row) if *row != o => report.mismatched.push((*at, o.order_id)),
@@ -236,23 +281,6 @@ pub fn audit(
         .filter(|id| !ids_in_topic.contains(id))
         .copied()
         .collect();
-
-    // MySQL counts every accounted record, duplicates included.
-    let expected = Deltas::fold(accounted.iter().map(|(_, o)| o));
-    diff(
-        "aggregated_sales",
-        &expected.daily,
-        &stored.daily,
-        &mut report.aggregate_differences,
-    );
-    diff(
-        "sales_per_minute",
-        &expected.per_minute,
-        &stored.per_minute,
-        &mut report.aggregate_differences,
-    );
-    report.ledger = ledger;
-    report
 }
 
 fn diff<K: Ord + fmt::Debug>(

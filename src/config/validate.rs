@@ -1,0 +1,177 @@
+//! Validation of each section: every value checked once, the first bad one reported with its
+//! key.
+
+use super::*;
+
+impl KafkaConfig {
+    /// The `kafka.*` keys.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        nonempty("kafka.brokers", &self.brokers)?;
+        topic_name("kafka.topic", &self.topic)?;
+        topic_name("kafka.dead_letter_topic", &self.dead_letter_topic)?;
+        if self.topic == self.dead_letter_topic {
+            return Err(invalid(
+                "kafka.dead_letter_topic",
+                "must differ from kafka.topic",
+            ));
+        }
+        nonempty("kafka.group_id", &self.group_id)?;
+        range("kafka.partitions", i64::from(self.partitions), 1, 10_000)?;
+        range(
+            "kafka.replication_factor",
+            i64::from(self.replication_factor),
+            1,
+            100,
+        )?;
+        range(
+            "kafka.session_timeout_ms",
+            i64::from(self.session_timeout_ms),
+            1_000,
+            3_600_000,
+        )?;
+        range(
+            "kafka.max_poll_interval_ms",
+            i64::from(self.max_poll_interval_ms),
+            i64::from(self.session_timeout_ms),
+            86_400_000,
+        )?;
+        range(
+            "kafka.queued_max_messages_kbytes",
+            i64::from(self.queued_max_messages_kbytes),
+            1,
+            2_097_151,
+        )?;
+        range(
+            "kafka.producer_queue_max_kbytes",
+            i64::from(self.producer_queue_max_kbytes),
+            1,
+            2_147_483_647,
+        )?;
+        range(
+            "kafka.request_timeout_ms",
+            i64::from(self.request_timeout_ms),
+            100,
+            3_600_000,
+        )?;
+        Ok(())
+    }
+}
+
+impl CassandraConfig {
+    /// The `cassandra.*` keys.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.contact_points.is_empty() {
+            return Err(invalid(
+                "cassandra.contact_points",
+                "needs at least one host:port",
+            ));
+        }
+        for point in &self.contact_points {
+            host_port("cassandra.contact_points", point)?;
+        }
+        identifier("cassandra.keyspace", &self.keyspace)?;
+        range(
+            "cassandra.replication_factor",
+            i64::from(self.replication_factor),
+            1,
+            100,
+        )?;
+        self.consistency_level().ok_or_else(|| {
+            invalid(
+                "cassandra.consistency",
+                format!("unknown level {:?}", self.consistency),
+            )
+        })?;
+        range("cassandra.concurrency", self.concurrency as i64, 1, 4_096)?;
+        range(
+            "cassandra.request_timeout_ms",
+            self.request_timeout_ms as i64,
+            10,
+            600_000,
+        )?;
+        Ok(())
+    }
+}
+
+impl MysqlConfig {
+    /// The `mysql.*` keys.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        nonempty("mysql.host", &self.host)?;
+        range("mysql.port", i64::from(self.port), 1, 65_535)?;
+        nonempty("mysql.user", &self.user)?;
+        identifier("mysql.database", &self.database)?;
+        range(
+            "mysql.max_connections",
+            i64::from(self.max_connections),
+            2,
+            1_000,
+        )?;
+        range("mysql.timeout_ms", self.timeout_ms as i64, 10, 600_000)?;
+        Ok(())
+    }
+}
+
+impl ProducerConfig {
+    /// The `producer.*` keys.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        range(
+            "producer.rate_per_sec",
+            i64::from(self.rate_per_sec),
+            1,
+            10_000_000,
+        )?;
+        range(
+            "producer.lease_ttl_ms",
+            self.lease_ttl_ms as i64,
+            1_000,
+            600_000,
+        )?;
+        if let Some(id) = self.instance_id {
+            range("producer.instance_id", i64::from(id), 0, 1_023)?;
+        }
+        Ok(())
+    }
+}
+
+impl HttpConfig {
+    /// The `http.*` keys.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !self.listen.is_empty() {
+            self.listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| invalid("http.listen", format!("{:?}: {e}", self.listen)))?;
+        }
+        Ok(())
+    }
+}
+
+impl SupervisionConfig {
+    /// The `supervision.*` keys.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        range(
+            "supervision.restart_budget",
+            i64::from(self.restart_budget),
+            0,
+            1_000_000,
+        )?;
+        range(
+            "supervision.restart_window_ms",
+            self.restart_window_ms as i64,
+            1,
+            86_400_000,
+        )?;
+        range(
+            "supervision.backoff_initial_ms",
+            self.backoff_initial_ms as i64,
+            1,
+            3_600_000,
+        )?;
+        if self.backoff_max_ms < self.backoff_initial_ms {
+            return Err(invalid(
+                "supervision.backoff_max_ms",
+                "must be >= backoff_initial_ms",
+            ));
+        }
+        Ok(())
+    }
+}
