@@ -544,7 +544,7 @@ fn make_batch(
 async fn claim_all(pool: &sqlx::MySqlPool, topic: &str, owner: &str) -> BTreeMap<i32, i64> {
     let mut epochs = BTreeMap::new();
     for p in 0..partitions() {
-        let claim = orderstream::stores::olap::OlapStore::Mysql((pool).clone())
+        let claim = orderstream::stores::olap::OlapStore::Mysql(pool.clone())
             .claim(topic, p, owner, 0)
             .await
             .unwrap();
@@ -565,7 +565,7 @@ async fn raw_mysql(pool: &sqlx::MySqlPool, sample: &[Order], size: usize) -> f64
         .collect();
     let started = Instant::now();
     for b in &batches {
-        orderstream::stores::olap::OlapStore::Mysql((pool).clone())
+        orderstream::stores::olap::OlapStore::Mysql(pool.clone())
             .apply_batch(topic, b)
             .await
             .unwrap();
@@ -587,7 +587,7 @@ async fn baseline(cfg: &Config, count: u64, insert_concurrency: usize) -> f64 {
         .create()
         .unwrap();
     let epochs = claim_all(&pool, topic, "baseline").await;
-    let ledger = orderstream::stores::olap::OlapStore::Mysql((&pool).clone())
+    let ledger = orderstream::stores::olap::OlapStore::Mysql(pool.clone())
         .read_ledger(topic)
         .await
         .unwrap();
@@ -639,7 +639,7 @@ async fn baseline(cfg: &Config, count: u64, insert_concurrency: usize) -> f64 {
             .filter_map(|r| r.order().cloned())
             .collect();
         insert_all(&store, &orders, insert_concurrency).await;
-        let report = orderstream::stores::olap::OlapStore::Mysql((&pool).clone())
+        let report = orderstream::stores::olap::OlapStore::Mysql(pool.clone())
             .apply_batch(topic, &batch)
             .await
             .unwrap();

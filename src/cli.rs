@@ -70,7 +70,7 @@ where
 
 /// Connects to both stores and checks that everything is migrated. Returns the MySQL pool too,
 /// for the producer's node leases.
-pub async fn connect_stores(cfg: &Config) -> anyhow::Result<(Stores, MySqlPool)> {
+async fn connect_stores(cfg: &Config) -> anyhow::Result<(Stores, MySqlPool)> {
     let pool = mysql::connect(&cfg.mysql).await?;
     wait_for(
         cfg,

@@ -269,7 +269,7 @@ async fn partition_is_held_while_the_dead_letter_topic_is_unreachable() {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let mut highest = 0;
     while std::time::Instant::now() < deadline {
-        highest = orderstream::stores::olap::OlapStore::Mysql((&pool).clone())
+        highest = orderstream::stores::olap::OlapStore::Mysql(pool.clone())
             .read_ledger(&env.names.topic)
             .await
             .unwrap()

@@ -128,7 +128,7 @@ async fn twenty_thousand_orders_are_stored_exactly_once() {
     );
 
     // Aggregates equal the sums recomputed from the orders, key by key.
-    let aggregates = orderstream::stores::olap::OlapStore::Mysql((&pool).clone())
+    let aggregates = orderstream::stores::olap::OlapStore::Mysql(pool.clone())
         .read_aggregates()
         .await
         .unwrap();
@@ -137,7 +137,7 @@ async fn twenty_thousand_orders_are_stored_exactly_once() {
     assert_eq!(aggregates.per_minute, recomputed.per_minute);
 
     // The ledger is at the log end, and Kafka's committed offsets agree with it.
-    let ledger = orderstream::stores::olap::OlapStore::Mysql((&pool).clone())
+    let ledger = orderstream::stores::olap::OlapStore::Mysql(pool.clone())
         .read_ledger(&env.names.topic)
         .await
         .unwrap();

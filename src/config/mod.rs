@@ -42,7 +42,7 @@ impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -124,7 +124,7 @@ impl KafkaConfig {
     /// after `session_timeout_ms`, and the rebalance that follows may wait
     /// `max_poll_interval_ms` for the members to rejoin; twice the session on top leaves the
     /// group time to re-form. `pipeline.stuck_after_ms` may not be shorter.
-    pub fn longest_rebalance_ms(&self) -> u64 {
+    fn longest_rebalance_ms(&self) -> u64 {
         u64::from(self.max_poll_interval_ms) + 2 * u64::from(self.session_timeout_ms)
     }
 }
@@ -315,10 +315,10 @@ impl Default for ProducerConfig {
 /// Where `run` serves the operations port unless told otherwise: loopback, so that metrics and
 /// health are not exposed on every interface of a host (the container image listens on
 /// 0.0.0.0).
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9898";
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9898";
 /// Where `produce` serves its operations port while `http.listen` is left at its default, so that
 /// it can run beside a pipeline on one host.
-pub const PRODUCER_DEFAULT_LISTEN: &str = "127.0.0.1:9899";
+pub(crate) const PRODUCER_DEFAULT_LISTEN: &str = "127.0.0.1:9899";
 
 /// The operations HTTP port.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -363,7 +363,7 @@ impl Default for SupervisionConfig {
 }
 
 /// The environment prefix of configuration keys.
-pub const ENV_PREFIX: &str = "ORDERSTREAM__";
+const ENV_PREFIX: &str = "ORDERSTREAM__";
 
 impl Config {
     /// Loads defaults < file < environment, then validates. Flags are applied by the caller
@@ -406,7 +406,7 @@ impl Config {
     }
 
     /// Checks every value once; the first bad one is reported with its key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;
         self.cassandra.validate()?;
         self.mysql.validate()?;
@@ -477,7 +477,7 @@ impl Config {
     /// topic (a single instance may own them all), every in-flight batch at its byte limit (held
     /// twice: raw payloads and decoded orders), the producer queues, the inserts in flight and a
     /// fixed base for the runtime and drivers.
-    pub fn worst_case_memory_bytes(&self) -> u64 {
+    pub(crate) fn worst_case_memory_bytes(&self) -> u64 {
         const BASE: u64 = 48 * 1024 * 1024;
         let prefetch = u64::from(self.kafka.queued_max_messages_kbytes)
             * 1024
@@ -601,7 +601,7 @@ fn host_port(key: &str, value: &str) -> Result<(), ConfigError> {
 
 impl CassandraConfig {
     /// The consistency level named by `consistency`; None when the name is unknown.
-    pub fn consistency_level(&self) -> Option<scylla::statement::Consistency> {
+    pub(crate) fn consistency_level(&self) -> Option<scylla::statement::Consistency> {
         use scylla::statement::Consistency;
         Some(match self.consistency.to_ascii_lowercase().as_str() {
             "one" => Consistency::One,

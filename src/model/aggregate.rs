@@ -45,7 +45,7 @@ impl Deltas {
         deltas
     }
 
-    pub fn add(&mut self, order: &Order) {
+    fn add(&mut self, order: &Order) {
         self.daily
             .entry((order.order_date(), order.platform_id, order.product_id))
             .or_default()

@@ -106,7 +106,7 @@ impl BatchCutter {
     }
 
     /// Cuts the open batch if it has waited `max_wait`.
-    pub fn poll_time(&mut self, now: Instant) -> Option<Batch> {
+    pub(crate) fn poll_time(&mut self, now: Instant) -> Option<Batch> {
         match &self.open {
             Some(b) if now.duration_since(b.opened_at) >= self.limits.max_wait => self.cut(),
             _ => None,
@@ -127,7 +127,7 @@ impl BatchCutter {
         Some(batch)
     }
 
-    pub fn open_len(&self) -> usize {
+    pub(crate) fn open_len(&self) -> usize {
         self.open.as_ref().map_or(0, |b| b.records.len())
     }
 }

@@ -55,7 +55,7 @@ pub struct Plan {
 
 /// Drops replays and fenced records, stops each partition at its first hole
 /// (docs/DESIGN.md, rule 4).
-pub fn plan(ledger: &BTreeMap<i32, LedgerRow>, batch: &Batch) -> Plan {
+pub(crate) fn plan(ledger: &BTreeMap<i32, LedgerRow>, batch: &Batch) -> Plan {
     let mut report = ApplyReport::default();
     // Pass 1: per partition, how far this batch continues the ledger without a hole.
     let mut advance: BTreeMap<i32, i64> = BTreeMap::new();
@@ -137,7 +137,7 @@ pub trait Probe {
 /// order is the offender (for constraints on cumulative values, it is the order that crossed the
 /// line). The offender is set aside and the search repeats until the rest goes through:
 /// O(offenders × log n) probes, all rolled back.
-pub async fn bisect_rejected<P: Probe>(
+pub(crate) async fn bisect_rejected<P: Probe>(
     mut candidates: Vec<usize>,
     store: &mut P,
 ) -> Result<Vec<(usize, String)>, P::Error> {

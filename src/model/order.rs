@@ -14,16 +14,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// Highest platform, product and customer id: the range of a signed 32-bit column.
-pub const MAX_DIMENSION_ID: i64 = i32::MAX as i64;
+const MAX_DIMENSION_ID: i64 = i32::MAX as i64;
 /// Largest quantity of one order.
-pub const MAX_QUANTITY: i64 = 10_000;
+const MAX_QUANTITY: i64 = 10_000;
 /// The accepted payment methods, exactly as spelled in the tutorial's data.
-pub const PAYMENT_METHODS: [&str; 4] = ["credit card", "debit card", "bank transfer", "paypal"];
+const PAYMENT_METHODS: [&str; 4] = ["credit card", "debit card", "bank transfer", "paypal"];
 
 /// Earliest accepted `created_at` (inclusive), 2000-01-01T00:00:00Z, in milliseconds.
-pub const MIN_CREATED_AT_MS: i64 = 946_684_800_000;
+const MIN_CREATED_AT_MS: i64 = 946_684_800_000;
 /// Latest accepted `created_at` (exclusive), 2100-01-01T00:00:00Z, in milliseconds.
-pub const MAX_CREATED_AT_MS: i64 = 4_102_444_800_000;
+const MAX_CREATED_AT_MS: i64 = 4_102_444_800_000;
 
 /// One valid e-commerce order, as stored in Cassandra and folded into MySQL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -48,7 +48,7 @@ pub enum PaymentMethod {
 }
 
 impl PaymentMethod {
-    pub const ALL: [PaymentMethod; 4] = [
+    pub(crate) const ALL: [PaymentMethod; 4] = [
         Self::CreditCard,
         Self::DebitCard,
         Self::BankTransfer,
@@ -89,7 +89,7 @@ impl Order {
     }
 
     /// The start of the UTC minute the order counts towards, in milliseconds.
-    pub fn minute_ms(&self) -> i64 {
+    pub(crate) fn minute_ms(&self) -> i64 {
         self.created_at_ms - self.created_at_ms.rem_euclid(60_000)
     }
 
@@ -143,7 +143,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub(crate) const ALL: [Reason; 11] = [
         Self::TooLarge,
         Self::InvalidUtf8,
         Self::NotJson,
@@ -175,7 +175,7 @@ impl Reason {
 }
 
 /// Longest `Rejection::detail`, in bytes.
-pub const MAX_DETAIL: usize = 256;
+const MAX_DETAIL: usize = 256;
 
 /// A refused record: the reason code and a human-readable detail (never used as a label).
 #[derive(Debug, Clone, PartialEq, Eq)]

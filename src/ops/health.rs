@@ -30,16 +30,16 @@ impl Health {
         self.last_progress_ms
             .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
     }
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
-    pub fn set_stores_reachable(&self, reachable: bool) {
+    pub(crate) fn set_stores_reachable(&self, reachable: bool) {
         self.stores_reachable.store(reachable, Ordering::Relaxed);
     }
-    pub fn set_stuck(&self, reason: Option<String>) {
+    pub(crate) fn set_stuck(&self, reason: Option<String>) {
         *locked(&self.stuck) = reason;
     }
-    pub fn set_held(&self, partitions: impl IntoIterator<Item = i32>) {
+    pub(crate) fn set_held(&self, partitions: impl IntoIterator<Item = i32>) {
         *locked(&self.held) = partitions.into_iter().collect();
     }
     pub fn held(&self) -> BTreeSet<i32> {
@@ -58,9 +58,6 @@ impl Health {
             Some(reason) => Err(reason.clone()),
             None => Ok(()),
         }
-    }
-    pub fn is_ready(&self) -> bool {
-        self.readiness().is_ok()
     }
     pub(super) fn alive(&self, stale_after: Duration) -> bool {
         let last = self.last_progress_ms.load(Ordering::Relaxed);

@@ -11,7 +11,7 @@ use super::telemetry::{PROCESS_CPU, PROCESS_MEMORY};
 /// the series stay absent), and runs the recorder's upkeep. The upkeep folds histogram samples
 /// into their buckets; without it every sample is kept until the next scrape, so an instance
 /// nobody scrapes would grow by 8 bytes per order, without bound.
-pub async fn sample_process(handle: PrometheusHandle) {
+pub(crate) async fn sample_process(handle: PrometheusHandle) {
     loop {
         handle.run_upkeep();
         if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {

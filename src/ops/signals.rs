@@ -31,7 +31,7 @@ impl Shutdown {
     }
 
     /// Resolves when a signal has arrived (at once if one arrived since `listen`).
-    pub async fn requested(&mut self) {
+    pub(crate) async fn requested(&mut self) {
         #[cfg(unix)]
         if let Some((term, int)) = &mut self.signals {
             tokio::select! {

@@ -9,40 +9,40 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram, KeyName, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub const CONSUMER_RECORDS: &str = "orderstream_consumer_records_total";
-pub const CONSUMER_REBALANCES: &str = "orderstream_consumer_rebalances_total";
-pub const CONSUMER_PAUSED: &str = "orderstream_consumer_paused_partitions";
-pub const CONSUMER_COMMIT_FAILURES: &str = "orderstream_consumer_commit_failures_total";
-pub const BATCHES: &str = "orderstream_batcher_batches_total";
-pub const BATCH_SIZE: &str = "orderstream_batcher_batch_size_records";
-pub const IN_FLIGHT: &str = "orderstream_pipeline_batches_in_flight";
-pub const CASSANDRA_ROWS: &str = "orderstream_cassandra_rows_written_total";
-pub const CASSANDRA_RETRIES: &str = "orderstream_cassandra_retries_total";
-pub const CASSANDRA_LATENCY: &str = "orderstream_cassandra_batch_write_seconds";
-pub const MYSQL_TXNS: &str = "orderstream_mysql_transactions_total";
-pub const MYSQL_RETRIES: &str = "orderstream_mysql_retries_total";
-pub const MYSQL_LATENCY: &str = "orderstream_mysql_transaction_seconds";
-pub const MYSQL_ORDERS: &str = "orderstream_mysql_orders_applied_total";
-pub const MYSQL_REPLAYED: &str = "orderstream_mysql_records_replayed_total";
-pub const MYSQL_FENCED: &str = "orderstream_mysql_fenced_batches_total";
-pub const DEAD_LETTERS: &str = "orderstream_deadletter_records_total";
-pub const PRODUCER_ORDERS: &str = "orderstream_producer_orders_total";
-pub const PRODUCER_ERRORS: &str = "orderstream_producer_errors_total";
-pub const END_TO_END: &str = "orderstream_pipeline_end_to_end_latency_seconds";
-pub const RESTARTS: &str = "orderstream_supervisor_restarts_total";
-pub const ACTOR_UP: &str = "orderstream_actor_up";
-pub const DEPENDENCY_UP: &str = "orderstream_dependency_up";
-pub const CONSUMER_REJOINS: &str = "orderstream_consumer_rejoins_total";
-pub const CONSUMER_RELEASED: &str = "orderstream_consumer_released_partitions_total";
-pub const PARTITION_LAG: &str = "orderstream_partition_lag_records";
-pub const PARTITION_PROGRESS: &str = "orderstream_partition_last_progress_timestamp_seconds";
-pub const PARTITION_STUCK: &str = "orderstream_partition_stuck";
-pub const WATCHDOG_STUCK: &str = "orderstream_watchdog_stuck_partitions_total";
-pub const PROCESS_MEMORY: &str = "orderstream_process_resident_memory_bytes";
-pub const PROCESS_CPU: &str = "orderstream_process_cpu_seconds_total";
+pub(crate) const CONSUMER_RECORDS: &str = "orderstream_consumer_records_total";
+const CONSUMER_REBALANCES: &str = "orderstream_consumer_rebalances_total";
+pub(crate) const CONSUMER_PAUSED: &str = "orderstream_consumer_paused_partitions";
+const CONSUMER_COMMIT_FAILURES: &str = "orderstream_consumer_commit_failures_total";
+const BATCHES: &str = "orderstream_batcher_batches_total";
+const BATCH_SIZE: &str = "orderstream_batcher_batch_size_records";
+const IN_FLIGHT: &str = "orderstream_pipeline_batches_in_flight";
+pub(crate) const CASSANDRA_ROWS: &str = "orderstream_cassandra_rows_written_total";
+const CASSANDRA_RETRIES: &str = "orderstream_cassandra_retries_total";
+pub(crate) const CASSANDRA_LATENCY: &str = "orderstream_cassandra_batch_write_seconds";
+pub(crate) const MYSQL_TXNS: &str = "orderstream_mysql_transactions_total";
+const MYSQL_RETRIES: &str = "orderstream_mysql_retries_total";
+pub(crate) const MYSQL_LATENCY: &str = "orderstream_mysql_transaction_seconds";
+pub(crate) const MYSQL_ORDERS: &str = "orderstream_mysql_orders_applied_total";
+pub(crate) const MYSQL_REPLAYED: &str = "orderstream_mysql_records_replayed_total";
+pub(crate) const MYSQL_FENCED: &str = "orderstream_mysql_fenced_batches_total";
+pub(crate) const DEAD_LETTERS: &str = "orderstream_deadletter_records_total";
+pub(crate) const PRODUCER_ORDERS: &str = "orderstream_producer_orders_total";
+pub(crate) const PRODUCER_ERRORS: &str = "orderstream_producer_errors_total";
+pub(crate) const END_TO_END: &str = "orderstream_pipeline_end_to_end_latency_seconds";
+pub(crate) const RESTARTS: &str = "orderstream_supervisor_restarts_total";
+const ACTOR_UP: &str = "orderstream_actor_up";
+const DEPENDENCY_UP: &str = "orderstream_dependency_up";
+const CONSUMER_REJOINS: &str = "orderstream_consumer_rejoins_total";
+const CONSUMER_RELEASED: &str = "orderstream_consumer_released_partitions_total";
+const PARTITION_LAG: &str = "orderstream_partition_lag_records";
+const PARTITION_PROGRESS: &str = "orderstream_partition_last_progress_timestamp_seconds";
+const PARTITION_STUCK: &str = "orderstream_partition_stuck";
+const WATCHDOG_STUCK: &str = "orderstream_watchdog_stuck_partitions_total";
+pub(crate) const PROCESS_MEMORY: &str = "orderstream_process_resident_memory_bytes";
+pub(crate) const PROCESS_CPU: &str = "orderstream_process_cpu_seconds_total";
 
 /// The data-path actors, as the `actor` label spells them.
-pub const ACTORS: [&str; 6] = [
+const ACTORS: [&str; 6] = [
     "consumer",
     "batcher",
     "cassandra_writer",
@@ -167,11 +167,11 @@ pub fn rebalance(kind: &'static str) {
 }
 
 /// The `reason` of a rejoin for stuck partitions that this instance did not hold.
-pub const REJOIN_STUCK: &str = "stuck_unheld";
+const REJOIN_STUCK: &str = "stuck_unheld";
 
 /// The watchdog found a partition stuck: records wait above `ledger_offset` and it has not
 /// moved for `waiting`.
-pub fn partition_stuck(
+pub(crate) fn partition_stuck(
     partition: i32,
     ledger_offset: i64,
     log_end: i64,
@@ -190,13 +190,13 @@ pub fn partition_stuck(
 }
 
 /// This instance leaves the group to join again, for stuck partitions it does not hold.
-pub fn rejoin_for_stuck(reason: &str) {
+pub(crate) fn rejoin_for_stuck(reason: &str) {
     counter!(CONSUMER_REJOINS, "reason" => REJOIN_STUCK).increment(1);
     tracing::warn!(%reason, "leaving the consumer group to join again as a new member");
 }
 
 /// A partition this member held was claimed by another member (its batch was fenced).
-pub fn partition_released(partition: i32, epoch: i64) {
+pub(crate) fn partition_released(partition: i32, epoch: i64) {
     counter!(CONSUMER_RELEASED).increment(1);
     tracing::warn!(
         partition,
@@ -206,44 +206,44 @@ pub fn partition_released(partition: i32, epoch: i64) {
 }
 
 /// A Kafka offset commit (a hint for lag tools; the ledger rules) failed.
-pub fn commit_hint_failed(error: &dyn std::fmt::Display) {
+pub(crate) fn commit_hint_failed(error: &dyn std::fmt::Display) {
     counter!(CONSUMER_COMMIT_FAILURES).increment(1);
     tracing::warn!(%error, "kafka offset commit failed");
 }
 
 /// A Cassandra insert failed and is retried (debug: a node restart makes thousands).
-pub fn cassandra_retry(error: &dyn std::fmt::Display) {
+pub(crate) fn cassandra_retry(error: &dyn std::fmt::Display) {
     counter!(CASSANDRA_RETRIES).increment(1);
     tracing::debug!(%error, "cassandra insert failed, retrying");
 }
 
 /// An OLAP store request failed and is retried.
-pub fn olap_retry(error: &dyn std::fmt::Display) {
+pub(crate) fn olap_retry(error: &dyn std::fmt::Display) {
     counter!(MYSQL_RETRIES).increment(1);
     tracing::warn!(%error, "mysql request failed, retrying");
 }
 
 /// One partition as the watchdog last saw it.
-pub fn partition_progress(partition: i32, lag: i64, progressed_unix: f64, stuck: bool) {
+pub(crate) fn partition_progress(partition: i32, lag: i64, progressed_unix: f64, stuck: bool) {
     let label = partition.to_string();
     gauge!(PARTITION_LAG, "partition" => label.clone()).set(lag as f64);
     gauge!(PARTITION_PROGRESS, "partition" => label.clone()).set(progressed_unix);
     gauge!(PARTITION_STUCK, "partition" => label).set(if stuck { 1.0 } else { 0.0 });
 }
 
-pub fn batch_cut(trigger: &'static str, records: usize) {
+pub(crate) fn batch_cut(trigger: &'static str, records: usize) {
     counter!(BATCHES, "trigger" => trigger).increment(1);
     histogram!(BATCH_SIZE).record(records as f64);
 }
 
 /// `reason` is one of the event contract's reasons (the caller registers each at zero with
 /// [`dead_letter_reasons`] at startup).
-pub fn dead_letter(reason: &'static str) {
+pub(crate) fn dead_letter(reason: &'static str) {
     counter!(DEAD_LETTERS, "reason" => reason).increment(1);
 }
 
 /// Registers the dead-letter counter at zero for every reason.
-pub fn dead_letter_reasons(reasons: impl IntoIterator<Item = &'static str>) {
+pub(crate) fn dead_letter_reasons(reasons: impl IntoIterator<Item = &'static str>) {
     for reason in reasons {
         counter!(DEAD_LETTERS, "reason" => reason).absolute(0);
     }
@@ -253,11 +253,11 @@ pub fn in_flight(n: usize) {
     gauge!(IN_FLIGHT).set(n as f64);
 }
 
-pub fn dependency_up(dependency: &'static str, up: bool) {
+pub(crate) fn dependency_up(dependency: &'static str, up: bool) {
     gauge!(DEPENDENCY_UP, "dependency" => dependency).set(if up { 1.0 } else { 0.0 });
 }
 
-pub fn actor_up(actor: &'static str, up: bool) {
+pub(crate) fn actor_up(actor: &'static str, up: bool) {
     gauge!(ACTOR_UP, "actor" => actor).set(if up { 1.0 } else { 0.0 });
 }
 

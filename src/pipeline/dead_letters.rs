@@ -95,7 +95,7 @@ impl Handler<Halt> for DeadLetters {
 }
 
 /// FNV-1a 64: identifies a truncated payload without carrying it whole.
-pub fn payload_hash(bytes: &[u8]) -> u64 {
+fn payload_hash(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
     })

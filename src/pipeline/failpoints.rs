@@ -64,6 +64,6 @@ pub fn hit(name: &str) {
 }
 
 /// Whether the named operation must fail now.
-pub fn failing(name: &str) -> bool {
+pub(crate) fn failing(name: &str) -> bool {
     matches!(plan().get(name), Some(Action::FailWhile(path)) if path.exists())
 }

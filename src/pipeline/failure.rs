@@ -76,7 +76,7 @@ pub enum Failure {
 
 impl Failure {
     /// The one place that decides what a failure means for the process.
-    pub fn remedy(&self) -> Remedy {
+    pub(crate) fn remedy(&self) -> Remedy {
         match self {
             Self::Olap { source, .. } if source.is_transient() => Remedy::Retry,
             Self::Kafka { source, .. } if is_retriable(source) => Remedy::Retry,

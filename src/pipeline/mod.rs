@@ -51,7 +51,7 @@ impl Flow {
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
     }
-    pub fn saturated(&self) -> bool {
+    pub(crate) fn saturated(&self) -> bool {
         self.in_flight() >= self.max_in_flight
     }
 }

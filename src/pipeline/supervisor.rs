@@ -34,9 +34,9 @@ use crate::stores::kafka::{self, KafkaError, LedgerContext};
 use crate::stores::olap::{OlapError, OlapStore};
 
 /// Exit code when the restart budget is spent.
-pub const EXIT_BUDGET_SPENT: i32 = 3;
+const EXIT_BUDGET_SPENT: i32 = 3;
 /// Exit code after a fatal (non-restartable) error.
-pub const EXIT_FATAL: i32 = 2;
+const EXIT_FATAL: i32 = 2;
 
 /// The backoff used for retries of dependency calls: exponential, capped, never giving up.
 pub fn retry_backoff(cfg: &Config) -> ExponentialBackoff {
@@ -257,7 +257,7 @@ impl Pipeline {
             changes: changes_tx,
         };
         let client = rdkafka::consumer::StreamConsumer::from_config_and_context(
-            &kafka::consumer_config(&cfg.kafka, &client_id),
+            &kafka::consumer_config(&cfg.kafka, client_id),
             context,
         )
         .map_err(|e| Failure::kafka("creating the consumer", e))?;
@@ -640,7 +640,7 @@ impl Handler<Drain> for Pipeline {
 }
 
 /// A name for this instance in the ledger and in client ids.
-pub fn instance_name() -> String {
+pub(crate) fn instance_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "orderstream".into());
     format!(
         "{host}-{}-{:04x}",

@@ -96,12 +96,12 @@ impl Watchdog {
 
     /// The next round does not count the time before it as waiting: an outage of a store is
     /// going on, which stalls every partition and is reported by its own signals.
-    pub fn suspend(&mut self) {
+    pub(crate) fn suspend(&mut self) {
         self.suspended = true;
     }
 
     /// Takes one round of views (every partition of the topic) and says what changed.
-    pub fn observe(&mut self, now: Instant, views: Vec<PartitionView>) -> Vec<Change> {
+    pub(crate) fn observe(&mut self, now: Instant, views: Vec<PartitionView>) -> Vec<Change> {
         let gap = self
             .last_round
             .is_some_and(|t| now.saturating_duration_since(t) > self.max_gap);
@@ -218,7 +218,7 @@ impl RejoinPolicy {
     }
 
     /// Whether a rejoin may happen now; if so, it is counted as done.
-    pub fn attempt(&mut self, now: Instant) -> bool {
+    pub(crate) fn attempt(&mut self, now: Instant) -> bool {
         if self.next_allowed.is_some_and(|t| now < t) {
             return false;
         }

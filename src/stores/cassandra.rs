@@ -29,11 +29,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 pub enum CassandraError {
     #[error("cannot connect to cassandra: {0}")]
-    Connect(#[source] scylla::errors::NewSessionError),
+    Connect(#[source] Box<scylla::errors::NewSessionError>),
     #[error("cassandra request failed: {0}")]
     Request(#[source] BoxError),
     #[error("cassandra refused the row: {0}")]
-    Rejected(#[source] ExecutionError),
+    Rejected(#[source] Box<ExecutionError>),
     #[error(
         "cassandra keyspace {keyspace} has no table `orders`: run `orderstream migrate` first"
     )]
@@ -44,7 +44,7 @@ pub enum CassandraError {
 
 impl CassandraError {
     /// Retry (the store is down or slow) or reject (the data itself is refused).
-    pub fn is_rejection(&self) -> bool {
+    pub(crate) fn is_rejection(&self) -> bool {
         matches!(self, Self::Rejected(_))
     }
 }
@@ -72,7 +72,7 @@ pub async fn connect_session(cfg: &CassandraConfig) -> Result<Session, Cassandra
     if !cfg.user.is_empty() {
         builder = builder.user(cfg.user.clone(), cfg.password.expose().to_owned());
     }
-    builder.build().await.map_err(CassandraError::Connect)
+    builder.build().await.map_err(|e| CassandraError::Connect(Box::new(e)))
 }
 
 impl CassandraStore {
@@ -180,7 +180,7 @@ impl CassandraStore {
     }
 
     /// Whether the store answers a trivial query (readiness).
-    pub async fn ping(&self) -> bool {
+    pub(crate) async fn ping(&self) -> bool {
         self.session
             .query_unpaged("SELECT release_version FROM system.local", ())
             .await
@@ -196,7 +196,7 @@ fn classify(err: ExecutionError) -> CassandraError {
             _,
         ))
         | ExecutionError::LastAttemptError(RequestAttemptError::SerializationError(_)) => {
-            CassandraError::Rejected(err)
+            CassandraError::Rejected(Box::new(err))
         }
         _ => CassandraError::Request(err.into()),
     }

@@ -40,7 +40,7 @@ pub enum KafkaError {
 }
 
 /// Settings of the pipeline's consumer.
-pub fn consumer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
+pub(crate) fn consumer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
         .set("group.id", &cfg.group_id)
@@ -105,7 +105,7 @@ fn admin(cfg: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, KafkaEr
 ///
 /// Topics that exist already are left alone, so a deployment may create them itself (a broker
 /// without CreateTopics, like librdkafka's mock cluster, or a user without that ACL).
-pub async fn create_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
+pub(crate) async fn create_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
     wait_for_broker(cfg).await?;
     let wanted = vec![
         (cfg.topic.clone(), cfg.partitions),
@@ -193,7 +193,7 @@ async fn wait_for_broker(cfg: &KafkaConfig) -> Result<(), KafkaError> {
 }
 
 /// Partition count of a topic, or `MissingTopic`. Blocking: call from `spawn_blocking`.
-pub fn partition_count(cfg: &KafkaConfig, topic: &str) -> Result<usize, KafkaError> {
+pub(crate) fn partition_count(cfg: &KafkaConfig, topic: &str) -> Result<usize, KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
         .create()?;

@@ -74,7 +74,7 @@ pub struct TopicRead {
 /// Like [`read_topic`], but a partition that does not deliver within `deadline` is reported in
 /// [`TopicRead::unread`] with the offset where it stopped, instead of failing the whole read: a
 /// record the broker acknowledged but will not serve blocks its partition for good.
-pub fn read_topic_within(
+pub(crate) fn read_topic_within(
     brokers: &str,
     topic: &str,
     ends: Option<&BTreeMap<i32, i64>>,

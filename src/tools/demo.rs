@@ -51,7 +51,7 @@ pub const DEFAULTS: [(&str, &str); 3] = [
 /// Orders the producer publishes per partition at most. The mock broker keeps 5 MiB per
 /// partition (librdkafka's rdkafka_mock.c) and an order takes 250–300 bytes there: 15,000 of
 /// them stay below 4.5 MB, so the final audit can still read every record.
-pub const ORDERS_PER_PARTITION: u64 = 15_000;
+const ORDERS_PER_PARTITION: u64 = 15_000;
 
 /// What the command line chose.
 #[derive(Debug, Clone)]

@@ -21,7 +21,7 @@ use sqlx::{MySqlPool, Row};
 use crate::stores::olap::OlapError;
 
 /// Nodes in an order id (10 bits).
-pub const NODES: u16 = 1024;
+const NODES: u16 = 1024;
 
 /// Errors of the lease protocol.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +160,7 @@ impl NodeLease {
     }
 
     /// How often to renew.
-    pub fn renew_every(&self) -> Duration {
+    fn renew_every(&self) -> Duration {
         self.ttl / 3
     }
 }
@@ -212,7 +212,7 @@ impl LeaseWindow {
     /// A grant that never runs out, for the only producer a topic can ever have: the demo's
     /// in-memory topic lives and dies with its process, so there is no one to collide with and
     /// no lease table to ask.
-    pub fn exclusive(node: u16) -> std::sync::Arc<Self> {
+    pub(crate) fn exclusive(node: u16) -> std::sync::Arc<Self> {
         let window = Self::default();
         window.set(Some(Grant {
             node,

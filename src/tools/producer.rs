@@ -83,7 +83,7 @@ impl OrderProducer {
     }
 
     /// Makes every `n`th record invalid (see `simulation::invalid_record`); 0 turns it off.
-    pub fn with_invalid_every(mut self, n: u64) -> Self {
+    pub(crate) fn with_invalid_every(mut self, n: u64) -> Self {
         self.invalid_every = n;
         self
     }

@@ -63,7 +63,7 @@ impl Report {
     }
 
     /// No difference in what was read (the verdict when records were unreadable).
-    pub fn is_consistent(&self) -> bool {
+    fn is_consistent(&self) -> bool {
         self.missing.is_empty()
             && self.mismatched.is_empty()
             && self.unexpected_rows.is_empty()
@@ -75,7 +75,7 @@ impl Report {
 }
 
 /// How long `reconcile` reads each topic by default before it names what it could not read.
-pub const DEFAULT_READ_TIME: Duration = Duration::from_secs(120);
+pub(crate) const DEFAULT_READ_TIME: Duration = Duration::from_secs(120);
 
 /// Runs the audit against the configured deployment, reading each topic for `read_time` at most.
 pub async fn reconcile(cfg: &Config, read_time: Duration) -> anyhow::Result<Report> {
@@ -86,7 +86,7 @@ pub async fn reconcile(cfg: &Config, read_time: Duration) -> anyhow::Result<Repo
 
 /// Runs the audit with the given OLAP store (the demo's SQLite) and the configured topic and
 /// Cassandra.
-pub async fn reconcile_with(
+pub(crate) async fn reconcile_with(
     cfg: &Config,
     olap: &OlapStore,
     read_time: Duration,

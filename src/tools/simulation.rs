@@ -27,7 +27,7 @@ impl IdGenerator {
     }
 
     /// A generator whose ids use milliseconds (Unix) of at least `floor_ms`.
-    pub fn with_floor(node: u16, floor_ms: i64) -> Self {
+    pub(crate) fn with_floor(node: u16, floor_ms: i64) -> Self {
         Self {
             node: i64::from(node) & ((1 << NODE_BITS) - 1),
             // `next` moves past last_ms, or stays on it with a higher sequence: start one below.
@@ -41,7 +41,7 @@ impl IdGenerator {
     }
 
     /// The highest millisecond (Unix) the next id may use, given the clock.
-    pub fn next_ms(&self, now_ms: i64) -> i64 {
+    pub(crate) fn next_ms(&self, now_ms: i64) -> i64 {
         ((now_ms - ID_EPOCH_MS).max(0)).max(self.last_ms + 1) + ID_EPOCH_MS
     }
 
@@ -74,7 +74,7 @@ impl OrderGenerator {
         Self::with_ids(IdGenerator::new(node))
     }
 
-    pub fn with_ids(ids: IdGenerator) -> Self {
+    pub(crate) fn with_ids(ids: IdGenerator) -> Self {
         Self { ids }
     }
 
@@ -104,7 +104,7 @@ impl OrderGenerator {
 /// A record that breaks the event contract in one of three ways, taking turns (`n` picks
 /// which): not JSON, a quantity out of bounds, an unknown payment method. The demo mixes a few
 /// into the stream so the dead-letter path has something to show.
-pub fn invalid_record(order: &Order, n: u64) -> Vec<u8> {
+pub(crate) fn invalid_record(order: &Order, n: u64) -> Vec<u8> {
     let valid = String::from_utf8_lossy(&order.to_json()).into_owned();
     match n % 3 {
         0 => valid.as_bytes()[..valid.len() / 2].to_vec(),

@@ -729,7 +729,7 @@ where
 
 /// Orders applied so far: the sum of the ledger's positions (0 before the first claim).
 pub async fn applied(pool: &sqlx::MySqlPool, topic: &str) -> i64 {
-    orderstream::stores::olap::OlapStore::Mysql((pool).clone())
+    orderstream::stores::olap::OlapStore::Mysql(pool.clone())
         .read_ledger(topic)
         .await
         .map(|l| l.values().sum())
@@ -816,7 +816,7 @@ pub async fn ledger_reaches(pool: &sqlx::MySqlPool, topic: &str, ends: &BTreeMap
         Duration::from_secs(300),
         "the ledger to reach the log end",
         || async {
-            orderstream::stores::olap::OlapStore::Mysql((pool).clone())
+            orderstream::stores::olap::OlapStore::Mysql(pool.clone())
                 .read_ledger(topic)
                 .await
                 .map(|l| &l == ends)
@@ -862,7 +862,7 @@ pub async fn assert_stores_hold(env: &Env, partitions: i32, want: &[Order]) {
         "cassandra rows differ from the produced orders"
     );
     let pool = env.mysql(partitions).await;
-    let aggregates = orderstream::stores::olap::OlapStore::Mysql((&pool).clone())
+    let aggregates = orderstream::stores::olap::OlapStore::Mysql(pool.clone())
         .read_aggregates()
         .await
         .unwrap();
@@ -870,7 +870,7 @@ pub async fn assert_stores_hold(env: &Env, partitions: i32, want: &[Order]) {
     assert_eq!(aggregates.daily, recomputed.daily);
     assert_eq!(aggregates.per_minute, recomputed.per_minute);
     assert_eq!(
-        orderstream::stores::olap::OlapStore::Mysql((&pool).clone())
+        orderstream::stores::olap::OlapStore::Mysql(pool.clone())
             .read_ledger(&env.names.topic)
             .await
             .unwrap(),

@@ -114,13 +114,13 @@ pub async fn connect(cfg: &MysqlConfig) -> Result<MySqlPool, OlapError> {
 }
 
 /// Fails with `NotMigrated` unless the schema version matches this binary.
-pub async fn check_migrated(pool: &MySqlPool, cfg: &MysqlConfig) -> Result<(), OlapError> {
+pub(crate) async fn check_migrated(pool: &MySqlPool, cfg: &MysqlConfig) -> Result<(), OlapError> {
     Protocol::<MySql>::check_migrated(pool, &cfg.database).await
 }
 
 /// Runs `f` while holding the server-wide migration lock, so concurrent `migrate` runs
 /// serialize instead of racing.
-pub async fn with_migrate_lock<F, Fut, T>(cfg: &MysqlConfig, f: F) -> Result<T, anyhow::Error>
+pub(crate) async fn with_migrate_lock<F, Fut, T>(cfg: &MysqlConfig, f: F) -> Result<T, anyhow::Error>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<T, anyhow::Error>>,

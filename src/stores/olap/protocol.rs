@@ -86,7 +86,7 @@ where
     for<'e, 'r> NaiveDateTime: Encode<'e, DB> + Decode<'r, DB> + Type<DB>,
 {
     /// Runs the schema and the dimension seeds and records the schema version. Idempotent.
-    pub async fn install_schema(conn: &mut DB::Connection) -> Result<(), OlapError> {
+    pub(crate) async fn install_schema(conn: &mut DB::Connection) -> Result<(), OlapError> {
         // The schema files are ours, not user input.
         let seeds = super::seed_statements(DB::INSERT_IGNORE);
         for statement in crate::stores::split_statements(DB::SCHEMA)
@@ -105,7 +105,7 @@ where
     }
 
     /// Fails with `NotMigrated` unless the schema version matches this binary.
-    pub async fn check_migrated(pool: &Pool<DB>, database: &str) -> Result<(), OlapError> {
+    pub(crate) async fn check_migrated(pool: &Pool<DB>, database: &str) -> Result<(), OlapError> {
         let found: Option<i32> =
             match sqlx::query("SELECT version FROM schema_version WHERE component = ?")
                 .bind(DB::STORE)
@@ -344,7 +344,7 @@ where
     /// The ledger and the aggregates as of one instant, so that the aggregates are exactly the
     /// fold of every record below the ledger, even while the pipeline keeps committing (the
     /// audit).
-    pub async fn snapshot(
+    pub(crate) async fn snapshot(
         pool: &Pool<DB>,
         topic: &str,
     ) -> Result<(BTreeMap<i32, i64>, Deltas), OlapError> {
@@ -398,7 +398,7 @@ where
 
     /// Today's (UTC) sales and profit by category, from the dashboard's view:
     /// (category, sales, profit).
-    pub async fn sales_today_by_category(
+    pub(crate) async fn sales_today_by_category(
         pool: &Pool<DB>,
     ) -> Result<Vec<(String, f64, f64)>, OlapError> {
         let rows = sqlx::query(DB::SALES_TODAY_BY_CATEGORY)
@@ -410,7 +410,7 @@ where
     }
 
     /// Whether the store answers (readiness probe).
-    pub async fn ping(pool: &Pool<DB>) -> bool {
+    pub(crate) async fn ping(pool: &Pool<DB>) -> bool {
         sqlx::query("SELECT 1").execute(pool).await.is_ok()
     }
 }
