@@ -188,11 +188,10 @@ async fn two_instances_one_sigkilled_the_survivor_takes_every_partition() {
         )
         .await;
         // Every partition was last claimed by the survivor.
-        let owners =
-            orderstream::stores::olap::OlapStore::Mysql(env.mysql(PARTITIONS).await)
-                .read_ledger_owners(&env.names.topic)
-                .await
-                .unwrap();
+        let owners = orderstream::stores::olap::OlapStore::Mysql(env.mysql(PARTITIONS).await)
+            .read_ledger_owners(&env.names.topic)
+            .await
+            .unwrap();
         assert_eq!(owners.len(), PARTITIONS as usize);
         for (partition, (_, owner)) in &owners {
             assert!(

@@ -72,7 +72,10 @@ pub async fn connect_session(cfg: &CassandraConfig) -> Result<Session, Cassandra
     if !cfg.user.is_empty() {
         builder = builder.user(cfg.user.clone(), cfg.password.expose().to_owned());
     }
-    builder.build().await.map_err(|e| CassandraError::Connect(Box::new(e)))
+    builder
+        .build()
+        .await
+        .map_err(|e| CassandraError::Connect(Box::new(e)))
 }
 
 impl CassandraStore {

@@ -151,12 +151,17 @@ impl OlapStore {
     }
 
     /// The ledger and the aggregates as of one instant (the audit).
-    pub(crate) async fn snapshot(&self, topic: &str) -> Result<(BTreeMap<i32, i64>, Deltas), OlapError> {
+    pub(crate) async fn snapshot(
+        &self,
+        topic: &str,
+    ) -> Result<(BTreeMap<i32, i64>, Deltas), OlapError> {
         on_backend!(self, snapshot(topic))
     }
 
     /// Today's (UTC) sales and profit by category: (category, sales, profit).
-    pub(crate) async fn sales_today_by_category(&self) -> Result<Vec<(String, f64, f64)>, OlapError> {
+    pub(crate) async fn sales_today_by_category(
+        &self,
+    ) -> Result<Vec<(String, f64, f64)>, OlapError> {
         on_backend!(self, sales_today_by_category())
     }
 

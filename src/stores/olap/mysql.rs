@@ -120,7 +120,10 @@ pub(crate) async fn check_migrated(pool: &MySqlPool, cfg: &MysqlConfig) -> Resul
 
 /// Runs `f` while holding the server-wide migration lock, so concurrent `migrate` runs
 /// serialize instead of racing.
-pub(crate) async fn with_migrate_lock<F, Fut, T>(cfg: &MysqlConfig, f: F) -> Result<T, anyhow::Error>
+pub(crate) async fn with_migrate_lock<F, Fut, T>(
+    cfg: &MysqlConfig,
+    f: F,
+) -> Result<T, anyhow::Error>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<T, anyhow::Error>>,
