@@ -657,10 +657,27 @@ async fn baseline(cfg: &Config, count: u64, insert_concurrency: usize) -> f64 {
 
 /// CPU seconds a process has used so far; 0 once it is gone.
 fn cpu(pid: u32) -> f64 {
-    orderstream::ops::cpu_seconds(&pid.to_string()).unwrap_or(0.0)
+    cpu_seconds(pid).unwrap_or(0.0)
 }
 
 /// CPU seconds these processes have used so far.
+/// CPU time (user + system, seconds) a process has used, from `/proc/<pid>/stat`; None off
+/// Linux or when the process is gone.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces): utime is the 14th field
+    // overall, stime the 15th, in clock ticks.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks as f64 / per_second.max(1) as f64)
+}
+
 fn cpu_of(pids: &[u32]) -> f64 {
     pids.iter().map(|pid| cpu(*pid)).sum()
 }

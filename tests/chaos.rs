@@ -194,9 +194,9 @@ async fn sigkill_at_five_random_moments_of_a_50k_run() {
     let _heavy = common::heavy();
     let mut chaos = Chaos::start(4, 50_000).await;
     let total = chaos.total();
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rng();
     let mut moments: Vec<i64> = (0..5)
-        .map(|_| rng.gen_range(total / 10..total * 9 / 10))
+        .map(|_| rng.random_range(total / 10..total * 9 / 10))
         .collect();
     moments.sort();
     let mut run = chaos.run();

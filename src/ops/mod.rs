@@ -10,6 +10,5 @@ pub mod telemetry;
 
 pub use health::Health;
 pub use http::start;
-pub use process::cpu_seconds;
 pub(crate) use process::sample_process;
 pub use signals::{shutdown_signal, Shutdown};

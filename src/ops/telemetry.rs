@@ -38,8 +38,6 @@ const PARTITION_LAG: &str = "orderstream_partition_lag_records";
 const PARTITION_PROGRESS: &str = "orderstream_partition_last_progress_timestamp_seconds";
 const PARTITION_STUCK: &str = "orderstream_partition_stuck";
 const WATCHDOG_STUCK: &str = "orderstream_watchdog_stuck_partitions_total";
-pub(crate) const PROCESS_MEMORY: &str = "orderstream_process_resident_memory_bytes";
-pub(crate) const PROCESS_CPU: &str = "orderstream_process_cpu_seconds_total";
 
 /// The data-path actors, as the `actor` label spells them.
 const ACTORS: [&str; 6] = [
@@ -102,8 +100,6 @@ const DESCRIBED: &[(&str, Kind, Option<Unit>, &str)] = &[
     (PARTITION_PROGRESS, Kind::Gauge, Some(Unit::Seconds), "Unix time the partition's ledger last advanced or was last seen at the log end."),
     (PARTITION_STUCK, Kind::Gauge, None, "1 while records wait on the partition and its ledger has not moved for pipeline.stuck_after_ms."),
     (WATCHDOG_STUCK, Kind::Counter, None, "Times the watchdog found a partition stuck."),
-    (PROCESS_MEMORY, Kind::Gauge, Some(Unit::Bytes), "Resident memory of this process."),
-    (PROCESS_CPU, Kind::Counter, Some(Unit::Seconds), "CPU time (user + system) used by this process."),
 ];
 
 #[derive(Clone, Copy)]

@@ -113,7 +113,7 @@ impl OrderProducer {
                 OrderGenerator::with_ids(IdGenerator::with_floor(grant.node, grant.floor_ms));
             self.generator_for = Some((grant.node, grant.floor_ms));
         }
-        let mut rng = rand::thread_rng();
+        let mut rng = rand::rng();
         let mut highest_ms = None;
         while self.sent < due {
             let now = chrono::Utc::now().timestamp_millis();

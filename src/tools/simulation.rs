@@ -83,20 +83,20 @@ impl OrderGenerator {
     }
 
     pub fn next(&mut self, now_ms: i64, rng: &mut impl Rng) -> Order {
-        let quantity = match rng.gen_range(0..100) {
+        let quantity = match rng.random_range(0..100) {
             0..=59 => 1,
             60..=84 => 2,
             85..=94 => 3,
-            _ => rng.gen_range(4..=10),
+            _ => rng.random_range(4..=10),
         };
         Order {
             order_id: self.ids.next(now_ms),
             created_at_ms: now_ms,
-            platform_id: rng.gen_range(1..=4),
-            product_id: rng.gen_range(1..=20),
+            platform_id: rng.random_range(1..=4),
+            product_id: rng.random_range(1..=20),
             quantity,
-            customer_id: rng.gen_range(1..=5_000),
-            payment_method: PaymentMethod::ALL[rng.gen_range(0..4)],
+            customer_id: rng.random_range(1..=5_000),
+            payment_method: PaymentMethod::ALL[rng.random_range(0..4)],
         }
     }
 }
@@ -129,7 +129,7 @@ mod tests {
     #[test]
     fn invalid_records_are_refused_with_three_reasons() {
         let mut g = OrderGenerator::new(3);
-        let mut rng = rand::thread_rng();
+        let mut rng = rand::rng();
         let mut reasons = HashSet::new();
         for n in 0..30 {
             let o = g.next(chrono::Utc::now().timestamp_millis(), &mut rng);
@@ -190,7 +190,7 @@ mod tests {
     #[test]
     fn generated_orders_satisfy_the_contract() {
         let mut g = OrderGenerator::new(3);
-        let mut rng = rand::thread_rng();
+        let mut rng = rand::rng();
         for _ in 0..1000 {
             let o = g.next(chrono::Utc::now().timestamp_millis(), &mut rng);
             assert_eq!(
