@@ -12,7 +12,7 @@
 //!
 //! Every valid record is stored once in Cassandra and counted once in MySQL, whatever crashes:
 //! the MySQL offset ledger, advanced in the same transaction as the aggregates, says what has
-//! been applied (see `mysql.rs` and docs/DESIGN.md, "Delivery guarantee").
+//! been applied (see `stores/olap/protocol.rs` and docs/DESIGN.md, "Delivery guarantee").
 //!
 //! Map of the crate, one folder per layer; arrows point down only (`tools` and `cli` use
 //! `pipeline`, `stores` and `model`; `pipeline` uses `stores` and `model`; `stores` use `model`;
@@ -30,7 +30,7 @@
 //!   producer with its order ids and id-node leases
 //!
 //! The demo's CQL server is the workspace crate `cql-emulator` (crates/cql-emulator); only the
-//! demo and the `emulator` command use it.
+//! demo and the `cql-emulator` command use it.
 
 #![cfg_attr(
     not(test),

@@ -1,8 +1,8 @@
-//! The dialect-free half of the batch transaction (docs/DESIGN.md, rule 4), shared by the MySQL and
-//! SQLite stores: given the locked ledger rows and a batch, decide what the batch may change.
+//! The rules of the batch transaction (docs/DESIGN.md, rule 4): given the locked ledger rows and
+//! a batch, decide what the batch may change.
 //!
-//! Pure functions over plain data, so both stores apply exactly the same rules; only how the
-//! rows are locked and how the upserts are spelled differ (see `mysql.rs` and `sqlite.rs`).
+//! Pure functions over plain data; `stores/olap/protocol.rs` runs them inside the transaction,
+//! the same for every OLAP backend.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -208,26 +208,76 @@ impl fmt::Display for Rejection {
 }
 
 /// The shape of a record, read leniently: unknown fields are ignored, and every required field
-/// is optional here so that a missing one can be named. Integers are kept as their JSON text:
-/// serde_json reads an integer literal beyond 64 bits, or `-0`, as a float, and the contract
-/// tells an integer out of range (`out_of_range`) from a number that is no integer
-/// (`wrong_type`) by how it is written.
+/// is optional here so that a missing one can be named. `I` is how an integer field is read:
+/// as a 64-bit integer ([`Int`], the fast path every valid record takes), or as its JSON text
+/// (`&RawValue`, for a record the fast read refused), because serde_json reads an integer
+/// literal beyond 64 bits, or `-0`, as a float, and the contract tells an integer out of range
+/// (`out_of_range`) from a number that is no integer (`wrong_type`) by how it is written.
 #[derive(Deserialize)]
-struct RawOrder<'a> {
-    #[serde(borrow)]
-    order_id: Option<&'a RawValue>,
+#[serde(bound(deserialize = "I: Deserialize<'de>"))]
+struct RawOrder<'a, I> {
+    order_id: Option<I>,
     #[serde(borrow)]
     created_at: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    platform_id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    product_id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    quantity: Option<&'a RawValue>,
-    #[serde(borrow)]
-    customer_id: Option<&'a RawValue>,
+    platform_id: Option<I>,
+    product_id: Option<I>,
+    quantity: Option<I>,
+    customer_id: Option<I>,
     #[serde(borrow)]
     payment_method: Option<Cow<'a, str>>,
+}
+
+/// An integer field read as a JSON integer that fits 64 bits; anything else fails the read.
+struct Int(i64);
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Int;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a 64-bit integer")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Int, E> {
+                Ok(Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Int, E> {
+                i64::try_from(v)
+                    .map(Int)
+                    .map_err(|_| E::custom("beyond 64 bits"))
+            }
+        }
+        d.deserialize_i64(Visitor)
+    }
+}
+
+/// How the contract checks one integer field, whichever way it was read.
+trait IntegerField {
+    fn check(value: Option<Self>, field: &str, min: i64, max: i64) -> Result<i64, Rejection>
+    where
+        Self: Sized;
+}
+
+impl IntegerField for Int {
+    fn check(value: Option<Self>, field: &str, min: i64, max: i64) -> Result<i64, Rejection> {
+        match value {
+            None => Err(Rejection::new(
+                Reason::MissingField,
+                format!("{field} is missing"),
+            )),
+            Some(Int(v)) if (min..=max).contains(&v) => Ok(v),
+            Some(Int(v)) => Err(Rejection::new(
+                Reason::OutOfRange,
+                format!("{field} = {v}, allowed {min}..={max}"),
+            )),
+        }
+    }
+}
+
+impl IntegerField for &RawValue {
+    fn check(value: Option<Self>, field: &str, min: i64, max: i64) -> Result<i64, Rejection> {
+        integer(field, value, min, max)
+    }
 }
 
 const FIELDS: [&str; 7] = [
@@ -254,10 +304,13 @@ pub fn decode(payload: &[u8], max_bytes: usize) -> Result<Order, Rejection> {
     if !text.trim_start().starts_with('{') {
         return Err(classify_untyped(text));
     }
-    match serde_json::from_str::<RawOrder<'_>>(text) {
+    if let Ok(raw) = serde_json::from_str::<RawOrder<'_, Int>>(text) {
+        return validate(raw);
+    }
+    // Only records the contract may refuse get here: read the integers as text, then, if even
+    // that fails, find out why from the generic JSON value.
+    match serde_json::from_str::<RawOrder<'_, &RawValue>>(text) {
         Ok(raw) => validate(raw),
-        // The typed read failed: find out why from the generic JSON value (slow path, only for
-        // invalid records).
         Err(typed) => Err(classify(text, &typed)),
     }
 }
@@ -353,16 +406,16 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
     }
 }
 
-fn validate(raw: RawOrder<'_>) -> Result<Order, Rejection> {
-    let order_id = integer("order_id", raw.order_id, 1, i64::MAX)?;
+fn validate<I: IntegerField>(raw: RawOrder<'_, I>) -> Result<Order, Rejection> {
+    let order_id = I::check(raw.order_id, "order_id", 1, i64::MAX)?;
     let created_at = raw
         .created_at
         .ok_or_else(|| Rejection::new(Reason::MissingField, "created_at is missing"))?;
     let created_at_ms = parse_timestamp(&created_at)?;
-    let platform_id = integer("platform_id", raw.platform_id, 1, MAX_DIMENSION_ID)?;
-    let product_id = integer("product_id", raw.product_id, 1, MAX_DIMENSION_ID)?;
-    let quantity = integer("quantity", raw.quantity, 1, MAX_QUANTITY)?;
-    let customer_id = integer("customer_id", raw.customer_id, 1, MAX_DIMENSION_ID)?;
+    let platform_id = I::check(raw.platform_id, "platform_id", 1, MAX_DIMENSION_ID)?;
+    let product_id = I::check(raw.product_id, "product_id", 1, MAX_DIMENSION_ID)?;
+    let quantity = I::check(raw.quantity, "quantity", 1, MAX_QUANTITY)?;
+    let customer_id = I::check(raw.customer_id, "customer_id", 1, MAX_DIMENSION_ID)?;
     let method = raw
         .payment_method
         .ok_or_else(|| Rejection::new(Reason::MissingField, "payment_method is missing"))?;

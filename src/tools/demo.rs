@@ -3,8 +3,8 @@
 //! The same actors, the same exactly-once protocol and the same metrics endpoint as production,
 //! with embedded stand-ins for the servers:
 //! - Kafka: librdkafka's mock cluster, in this process, reached over loopback TCP like a broker;
-//! - Cassandra: the CQL emulator (`emulator.rs`), served from this process;
-//! - MySQL: SQLite through sqlx (`sqlite.rs`), in memory or in a file given with `--sqlite`.
+//! - Cassandra: the CQL emulator (the `cql-emulator` crate), served from this process;
+//! - MySQL: SQLite through sqlx (`stores/olap/sqlite.rs`), in memory or in a file given with `--sqlite`.
 //!
 //! A simulated producer publishes at a fixed rate, with a few invalid records mixed in so the
 //! dead-letter path has something to show. Every few seconds a summary is printed, read from the

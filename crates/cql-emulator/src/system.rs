@@ -108,7 +108,7 @@ pub fn answer(
 }
 
 /// The id of a prepared statement: FNV-1a over its text, 128 bits, the same function as
-/// `query_id` in emulator.rs, so a statement has one id whichever side answers it.
+/// `query_id` in lib.rs, so a statement has one id whichever side answers it.
 pub fn statement_id(text: &str) -> u128 {
     let mut hash: u128 = 0x6c62272e07bb014262b821756295c58d;
     for byte in text.as_bytes() {
