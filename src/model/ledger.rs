@@ -120,42 +120,120 @@ pub fn fold(batch: &Batch, indices: &[usize]) -> Deltas {
     Deltas::fold(indices.iter().filter_map(|i| batch.records[*i].order()))
 }
 
-/// Writes the deltas of some of a batch's orders and undoes them at once (inside a savepoint of
-/// the transaction that holds the ledger locks).
-// Only called on this crate's actor contexts, which need no `Send` futures.
-#[allow(async_fn_in_trait)]
-pub trait Probe {
-    type Error;
-    /// `Some(message)` when the store refuses the data of the orders at `indices`.
-    async fn probe(&mut self, indices: &[usize]) -> Result<Option<String>, Self::Error>;
-}
-
-/// Finds the orders a store refuses for their data (docs/DESIGN.md, rule 10). Returns (record
-/// index, the store's message).
+/// The search for the orders a store refuses for their data (docs/DESIGN.md, rule 10), as a
+/// state machine the store drives: it probes the orders [`Bisection::next_probe`] names (writes
+/// their deltas and undoes them at once) and tells the outcome to [`Bisection::record`], until
+/// there is nothing left to probe.
 ///
-/// A binary search over prefixes of `candidates` finds the shortest failing prefix; its last
+/// A binary search over prefixes of the candidates finds the shortest failing prefix; its last
 /// order is the offender (for constraints on cumulative values, it is the order that crossed the
 /// line). The offender is set aside and the search repeats until the rest goes through:
-/// O(offenders × log n) probes, all rolled back.
-pub(crate) async fn bisect_rejected<P: Probe>(
-    mut candidates: Vec<usize>,
-    store: &mut P,
-) -> Result<Vec<(usize, String)>, P::Error> {
-    let mut rejected = Vec::new();
-    while let Some(mut error) = store.probe(&candidates).await? {
-        // Invariant: the prefix of length `good` passes, the one of length `bad` fails.
-        let (mut good, mut bad) = (0, candidates.len());
-        while bad - good > 1 {
-            let mid = good + (bad - good) / 2;
-            match store.probe(&candidates[..mid]).await? {
-                Some(e) => {
-                    bad = mid;
-                    error = e;
+/// O(offenders × log n) probes.
+#[derive(Debug)]
+pub struct Bisection {
+    candidates: Vec<usize>,
+    rejected: Vec<(usize, String)>,
+    /// While narrowing down: the prefix of length `good` passes, the one of length `bad` fails
+    /// with `error`. None: the next probe is all remaining candidates.
+    narrowing: Option<Narrowing>,
+    done: bool,
+}
+
+#[derive(Debug)]
+struct Narrowing {
+    good: usize,
+    bad: usize,
+    error: String,
+}
+
+impl Bisection {
+    pub fn new(candidates: Vec<usize>) -> Self {
+        Self {
+            candidates,
+            rejected: Vec::new(),
+            narrowing: None,
+            done: false,
+        }
+    }
+
+    /// The record indices to probe next; None when the search is over.
+    pub fn next_probe(&self) -> Option<&[usize]> {
+        if self.done {
+            return None;
+        }
+        Some(match &self.narrowing {
+            None => &self.candidates,
+            Some(n) => &self.candidates[..n.good + (n.bad - n.good) / 2],
+        })
+    }
+
+    /// The outcome of the last probe: `Some(message)` when the store refused it.
+    pub fn record(&mut self, refused: Option<String>) {
+        self.narrowing = match (self.narrowing.take(), refused) {
+            (None, None) => {
+                self.done = true;
+                None
+            }
+            (None, Some(error)) => Some(Narrowing {
+                good: 0,
+                bad: self.candidates.len(),
+                error,
+            }),
+            (Some(n), refused) => {
+                let mid = n.good + (n.bad - n.good) / 2;
+                match refused {
+                    Some(error) => Some(Narrowing {
+                        bad: mid,
+                        error,
+                        ..n
+                    }),
+                    None => Some(Narrowing { good: mid, ..n }),
                 }
-                None => good = mid,
+            }
+        };
+        if let Some(n) = &self.narrowing {
+            if n.bad - n.good <= 1 {
+                let offender = self.candidates.remove(n.bad - 1);
+                self.rejected.push((offender, n.error.clone()));
+                self.narrowing = None;
             }
         }
-        rejected.push((candidates.remove(bad - 1), error));
     }
-    Ok(rejected)
+
+    /// The refused orders found: (record index, the store's message).
+    pub fn rejected(self) -> Vec<(usize, String)> {
+        self.rejected
+    }
+}
+
+#[cfg(test)]
+mod bisection_tests {
+    use super::Bisection;
+
+    /// Drives the search against a store that refuses any set holding one of `bad`.
+    fn search(candidates: Vec<usize>, bad: &[usize]) -> (Vec<usize>, usize) {
+        let mut search = Bisection::new(candidates);
+        let mut probes = 0;
+        while let Some(indices) = search.next_probe() {
+            probes += 1;
+            let refused = indices
+                .iter()
+                .find(|i| bad.contains(i))
+                .map(|i| format!("#{i}"));
+            search.record(refused);
+        }
+        let found = search.rejected();
+        assert!(found.iter().all(|(i, m)| *m == format!("#{i}")));
+        (found.into_iter().map(|(i, _)| i).collect(), probes)
+    }
+
+    #[test]
+    fn finds_every_refused_order_in_log_probes() {
+        assert_eq!(search((0..100).collect(), &[]), (vec![], 1));
+        let (found, probes) = search((0..1000).collect(), &[3, 500, 999]);
+        assert_eq!(found, vec![3, 500, 999]);
+        assert!(probes <= 4 + 3 * 10, "{probes} probes");
+        assert_eq!(search(vec![7], &[7]).0, vec![7]);
+        assert_eq!(search(vec![], &[]).0, Vec::<usize>::new());
+    }
 }

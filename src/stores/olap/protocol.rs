@@ -24,9 +24,7 @@ use sqlx::{
 use super::OlapError;
 use crate::model::aggregate::{Deltas, Totals};
 use crate::model::batch::Batch;
-use crate::model::ledger::{
-    bisect_rejected, fold, plan, ApplyReport, Claim, LedgerRow, Plan, Probe,
-};
+use crate::model::ledger::{fold, plan, ApplyReport, Bisection, Claim, LedgerRow, Plan};
 
 /// Rows per multi-row upsert statement (5 binds each: under SQLite's 32,766 bind limit and
 /// MySQL's 65,535).
@@ -234,7 +232,7 @@ where
     ///
     /// Works in one transaction that changes nothing: under the ledger locks, each probe writes
     /// the deltas of some of the applicable orders inside a savepoint and rolls back to it (the
-    /// search itself is `model::ledger::bisect_rejected`).
+    /// search itself is `model::ledger::Bisection`).
     pub async fn find_rejected(
         pool: &Pool<DB>,
         topic: &str,
@@ -247,9 +245,32 @@ where
         let mut tx = pool.begin_with(DB::BEGIN_WRITE).await?;
         let ledger = Self::lock_ledger(&mut tx, topic, &partitions).await?;
         let candidates = plan(&ledger, batch).applicable;
-        let rejected = bisect_rejected(candidates, &mut Prober { tx: &mut tx, batch }).await?;
+        let mut search = Bisection::new(candidates);
+        while let Some(indices) = search.next_probe() {
+            let refused = Self::probe(&mut tx, &fold(batch, indices)).await?;
+            search.record(refused);
+        }
         tx.rollback().await?;
-        Ok(rejected)
+        Ok(search.rejected())
+    }
+
+    /// Writes `deltas` inside a savepoint and undoes them: `Some(message)` when the store refuses
+    /// their data.
+    async fn probe(
+        tx: &mut Transaction<'_, DB>,
+        deltas: &Deltas,
+    ) -> Result<Option<String>, OlapError> {
+        sqlx::raw_sql("SAVEPOINT probe").execute(&mut **tx).await?;
+        let outcome = Self::write_deltas(tx, deltas).await;
+        // A failed statement is rolled back on its own; the savepoint undoes the ones before it.
+        sqlx::raw_sql("ROLLBACK TO SAVEPOINT probe")
+            .execute(&mut **tx)
+            .await?;
+        match outcome {
+            Ok(()) => Ok(None),
+            Err(e) if e.is_data_rejection() => Ok(Some(e.to_string())),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads (and, per the dialect, locks) the ledger rows of `partitions`, in partition order.
@@ -441,42 +462,4 @@ where
         order_count: row.try_get(3)?,
         total_quantity: row.try_get(4)?,
     })
-}
-
-/// Probes subsets of a batch inside a savepoint of the locked transaction.
-struct Prober<'a, 'c, DB: Database> {
-    tx: &'a mut Transaction<'c, DB>,
-    batch: &'a Batch,
-}
-
-impl<DB> Probe for Prober<'_, '_, DB>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    usize: ColumnIndex<DB::Row>,
-    for<'e> &'e str: Encode<'e, DB> + Type<DB>,
-    for<'r> String: Decode<'r, DB> + Type<DB>,
-    for<'e, 'r> i32: Encode<'e, DB> + Decode<'r, DB> + Type<DB>,
-    for<'e, 'r> i64: Encode<'e, DB> + Decode<'r, DB> + Type<DB>,
-    for<'r> f64: Decode<'r, DB> + Type<DB>,
-    for<'e, 'r> NaiveDate: Encode<'e, DB> + Decode<'r, DB> + Type<DB>,
-    for<'e, 'r> NaiveDateTime: Encode<'e, DB> + Decode<'r, DB> + Type<DB>,
-{
-    type Error = OlapError;
-    async fn probe(&mut self, indices: &[usize]) -> Result<Option<String>, OlapError> {
-        sqlx::raw_sql("SAVEPOINT probe")
-            .execute(&mut **self.tx)
-            .await?;
-        let outcome = Protocol::<DB>::write_deltas(self.tx, &fold(self.batch, indices)).await;
-        // A failed statement is rolled back on its own; the savepoint undoes the ones before it.
-        sqlx::raw_sql("ROLLBACK TO SAVEPOINT probe")
-            .execute(&mut **self.tx)
-            .await?;
-        match outcome {
-            Ok(()) => Ok(None),
-            Err(e) if e.is_data_rejection() => Ok(Some(e.to_string())),
-            Err(e) => Err(e),
-        }
-    }
 }
