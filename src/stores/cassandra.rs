@@ -212,43 +212,36 @@ pub async fn table_exists(
     keyspace: &str,
     table: &str,
 ) -> Result<bool, CassandraError> {
-    let result = session
-        .query_unpaged(
-            "SELECT keyspace_name, table_name FROM system_schema.tables",
-            (),
-        )
-        .await
-        .map_err(|e| CassandraError::Request(e.into()))?;
-    let rows = result
-        .into_rows_result()
-        .map_err(|e| CassandraError::BadRow(e.into()))?;
-    let mut found = false;
-    for row in rows
-        .rows::<(String, String)>()
-        .map_err(|e| CassandraError::BadRow(e.into()))?
-    {
-        let (ks, t) = row.map_err(|e| CassandraError::BadRow(e.into()))?;
-        found |= ks == keyspace && t == table;
-    }
-    Ok(found)
+    let tables: Vec<(String, String)> = system_rows(
+        session,
+        "SELECT keyspace_name, table_name FROM system_schema.tables",
+    )
+    .await?;
+    Ok(tables.iter().any(|(ks, t)| ks == keyspace && t == table))
 }
 
 async fn keyspace_exists(session: &Session, keyspace: &str) -> Result<bool, CassandraError> {
+    let keyspaces: Vec<(String,)> =
+        system_rows(session, "SELECT keyspace_name FROM system_schema.keyspaces").await?;
+    Ok(keyspaces.iter().any(|(ks,)| ks == keyspace))
+}
+
+/// Every row of a query on the system tables.
+async fn system_rows<R>(session: &Session, query: &'static str) -> Result<Vec<R>, CassandraError>
+where
+    R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+{
     let result = session
-        .query_unpaged("SELECT keyspace_name FROM system_schema.keyspaces", ())
+        .query_unpaged(query, ())
         .await
         .map_err(|e| CassandraError::Request(e.into()))?;
     let rows = result
         .into_rows_result()
         .map_err(|e| CassandraError::BadRow(e.into()))?;
-    let mut found = false;
-    for row in rows
-        .rows::<(String,)>()
+    rows.rows::<R>()
         .map_err(|e| CassandraError::BadRow(e.into()))?
-    {
-        found |= row.map_err(|e| CassandraError::BadRow(e.into()))?.0 == keyspace;
-    }
-    Ok(found)
+        .map(|row| row.map_err(|e| CassandraError::BadRow(e.into())))
+        .collect()
 }
 
 /// Creates the keyspace and the table when missing. Safe to repeat.

@@ -68,16 +68,7 @@ impl Prometheus {
 
     /// The number of series an instant query returns.
     pub fn series(&self, expr: &str) -> Result<usize, String> {
-        let (_, body) = super::http_get(
-            self.port,
-            &format!("/api/v1/query?query={}", percent_encode(expr)),
-        )
-        .ok_or("no answer")?;
-        let json: Json = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
-        if json["status"] != "success" {
-            return Err(body);
-        }
-        Ok(json["data"]["result"].as_array().map_or(0, Vec::len))
+        self.query(expr).map(|series| series.len())
     }
 
     /// The result of an instant query: every series with its labels and value.
