@@ -14,7 +14,7 @@ use rdkafka::producer::Producer as _;
 use sqlx::MySqlPool;
 
 use crate::config::Config;
-use crate::ops::Health;
+use crate::ops::{Health, OpsSettings};
 use crate::pipeline::supervisor::{instance_name, retry_backoff, Drain, Pipeline, Stores};
 use crate::stores::cassandra::{CassandraError, CassandraStore};
 use crate::stores::kafka::{self, KafkaError};
@@ -68,15 +68,13 @@ where
     }
 }
 
-/// Connects to both stores and checks that everything is migrated. Returns the MySQL pool too,
-/// for the producer's node leases.
-async fn connect_stores(cfg: &Config) -> anyhow::Result<(Stores, MySqlPool)> {
-    let pool = mysql::connect(&cfg.mysql).await?;
+/// Connects to both stores (MySQL through `pool`) and checks that everything is migrated.
+async fn connect_stores(cfg: &Config, pool: &MySqlPool) -> anyhow::Result<Stores> {
     wait_for(
         cfg,
         "mysql",
         |e: &OlapError| !e.is_transient(),
-        || mysql::check_migrated(&pool, &cfg.mysql),
+        || mysql::check_migrated(pool, &cfg.mysql),
     )
     .await?;
     let cassandra = wait_for(
@@ -105,11 +103,10 @@ async fn connect_stores(cfg: &Config) -> anyhow::Result<(Stores, MySqlPool)> {
         )
         .await?;
     }
-    let stores = Stores {
+    Ok(Stores {
         cassandra: Arc::new(cassandra),
         olap: OlapStore::Mysql(pool.clone()),
-    };
-    Ok((stores, pool))
+    })
 }
 
 /// Leases a producer node (see `node_lease`) and starts the producer on it.
@@ -167,14 +164,23 @@ pub async fn run(
     let cfg = Arc::new(cfg);
     let health = Arc::new(Health::default());
     health.progress();
-    crate::ops::start(&cfg.http.listen, health.clone()).await?;
+    // Lazy: no connection until the first query, so the console can show the store from the
+    // start (unreachable until it answers).
+    let pool = mysql::connect(&cfg.mysql).await?;
+    crate::ops::start(OpsSettings {
+        listen: cfg.http.listen.clone(),
+        health: health.clone(),
+        sales: Some(Arc::new(OlapStore::Mysql(pool.clone()))),
+        max_in_flight: cfg.pipeline.max_in_flight_batches,
+    })
+    .await?;
     let starting = async {
         if migrate_first {
             migrate(&cfg).await?;
         }
-        connect_stores(&cfg).await
+        connect_stores(&cfg, &pool).await
     };
-    let (stores, pool) = tokio::select! {
+    let stores = tokio::select! {
         started = starting => started?,
         _ = shutdown.requested() => {
             tracing::info!("shutdown requested while starting: nothing to drain");
@@ -219,7 +225,13 @@ pub async fn produce(mut cfg: Config, rate: u32, count: u64) -> anyhow::Result<i
     let health = Arc::new(Health::default());
     health.progress();
     cfg.http.listen = producer_listen(&cfg);
-    crate::ops::start(&cfg.http.listen, health.clone()).await?;
+    crate::ops::start(OpsSettings {
+        listen: cfg.http.listen.clone(),
+        health: health.clone(),
+        sales: None,
+        max_in_flight: cfg.pipeline.max_in_flight_batches,
+    })
+    .await?;
     let started = std::time::Instant::now();
     let pool = mysql::connect(&cfg.mysql).await?;
     wait_for(
@@ -270,7 +282,6 @@ pub async fn healthcheck(cfg: &Config, producer: bool) -> anyhow::Result<i32> {
     } else {
         cfg.http.listen.clone()
     };
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     if listen.is_empty() {
         bail!("http.listen is empty: the operations port is disabled");
     }
@@ -278,18 +289,18 @@ pub async fn healthcheck(cfg: &Config, producer: bool) -> anyhow::Result<i32> {
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let check = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await?;
-        Ok::<_, std::io::Error>(response)
-    };
-    let response = tokio::time::timeout(Duration::from_secs(5), check).await??;
-    if response.starts_with("HTTP/1.0 200") {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .finish();
+    let response = client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("GET http://{addr}/healthz: {e}"))?;
+    if response.status().is_success() {
         Ok(0)
     } else {
-        eprintln!("unhealthy: {}", response.lines().next().unwrap_or(""));
+        eprintln!("unhealthy: {}", response.status());
         Ok(1)
     }
 }

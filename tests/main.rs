@@ -10,6 +10,7 @@ mod common;
 mod aggregator;
 mod chaos;
 mod cli;
+mod console;
 mod dead_letters;
 mod demo;
 mod liveness;

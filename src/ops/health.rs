@@ -18,6 +18,16 @@ pub struct Health {
     stuck: Mutex<Option<String>>,
     /// The partitions this instance's consumer holds (assigned and claimed, or being claimed).
     held: Mutex<BTreeSet<i32>>,
+    /// The data path's last failure, for the console.
+    last_failure: Mutex<Option<LastFailure>>,
+}
+
+/// A failure of the data path as the console shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastFailure {
+    pub unix_ms: i64,
+    pub actor: String,
+    pub error: String,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -41,6 +51,16 @@ impl Health {
     }
     pub(crate) fn set_held(&self, partitions: impl IntoIterator<Item = i32>) {
         *locked(&self.held) = partitions.into_iter().collect();
+    }
+    pub fn set_last_failure(&self, actor: &str, error: &dyn std::fmt::Display) {
+        *locked(&self.last_failure) = Some(LastFailure {
+            unix_ms: chrono::Utc::now().timestamp_millis(),
+            actor: actor.to_owned(),
+            error: error.to_string(),
+        });
+    }
+    pub fn last_failure(&self) -> Option<LastFailure> {
+        locked(&self.last_failure).clone()
     }
     pub fn held(&self) -> BTreeSet<i32> {
         locked(&self.held).clone()

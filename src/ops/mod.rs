@@ -2,6 +2,7 @@
 //! process metrics and signal handling. Used by every layer; uses none of them (metric events
 //! take plain values).
 
+pub mod console;
 mod health;
 mod http;
 mod process;
@@ -9,6 +10,6 @@ mod signals;
 pub mod telemetry;
 
 pub use health::Health;
-pub use http::start;
+pub use http::{start, OpsSettings};
 pub(crate) use process::sample_process;
 pub use signals::{shutdown_signal, Shutdown};

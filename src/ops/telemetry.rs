@@ -15,7 +15,7 @@ pub(crate) const CONSUMER_PAUSED: &str = "orderstream_consumer_paused_partitions
 const CONSUMER_COMMIT_FAILURES: &str = "orderstream_consumer_commit_failures_total";
 const BATCHES: &str = "orderstream_batcher_batches_total";
 const BATCH_SIZE: &str = "orderstream_batcher_batch_size_records";
-const IN_FLIGHT: &str = "orderstream_pipeline_batches_in_flight";
+pub(crate) const IN_FLIGHT: &str = "orderstream_pipeline_batches_in_flight";
 pub(crate) const CASSANDRA_ROWS: &str = "orderstream_cassandra_rows_written_total";
 const CASSANDRA_RETRIES: &str = "orderstream_cassandra_retries_total";
 pub(crate) const CASSANDRA_LATENCY: &str = "orderstream_cassandra_batch_write_seconds";
@@ -31,12 +31,12 @@ pub(crate) const PRODUCER_ERRORS: &str = "orderstream_producer_errors_total";
 pub(crate) const END_TO_END: &str = "orderstream_pipeline_end_to_end_latency_seconds";
 pub(crate) const RESTARTS: &str = "orderstream_supervisor_restarts_total";
 const ACTOR_UP: &str = "orderstream_actor_up";
-const DEPENDENCY_UP: &str = "orderstream_dependency_up";
+pub(crate) const DEPENDENCY_UP: &str = "orderstream_dependency_up";
 const CONSUMER_REJOINS: &str = "orderstream_consumer_rejoins_total";
 const CONSUMER_RELEASED: &str = "orderstream_consumer_released_partitions_total";
-const PARTITION_LAG: &str = "orderstream_partition_lag_records";
-const PARTITION_PROGRESS: &str = "orderstream_partition_last_progress_timestamp_seconds";
-const PARTITION_STUCK: &str = "orderstream_partition_stuck";
+pub(crate) const PARTITION_LAG: &str = "orderstream_partition_lag_records";
+pub(crate) const PARTITION_PROGRESS: &str = "orderstream_partition_last_progress_timestamp_seconds";
+pub(crate) const PARTITION_STUCK: &str = "orderstream_partition_stuck";
 const WATCHDOG_STUCK: &str = "orderstream_watchdog_stuck_partitions_total";
 
 /// The data-path actors, as the `actor` label spells them.
@@ -234,8 +234,9 @@ pub(crate) fn batch_cut(trigger: &'static str, records: usize) {
 
 /// `reason` is one of the event contract's reasons (the caller registers each at zero with
 /// [`dead_letter_reasons`] at startup).
-pub(crate) fn dead_letter(reason: &'static str) {
+pub(crate) fn dead_letter(reason: &'static str, partition: i32, offset: i64) {
     counter!(DEAD_LETTERS, "reason" => reason).increment(1);
+    super::console::remember_dead_letter(reason, partition, offset);
 }
 
 /// Registers the dead-letter counter at zero for every reason.

@@ -126,7 +126,11 @@ impl Handler<PublishDeadLetters> for DeadLetters {
                             })
                     })
                     .await;
-                    crate::ops::telemetry::dead_letter(letter.reason.as_str());
+                    crate::ops::telemetry::dead_letter(
+                        letter.reason.as_str(),
+                        letter.partition,
+                        letter.offset,
+                    );
                 }
             });
             futures::future::join_all(sends).await;

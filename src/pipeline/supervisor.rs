@@ -297,6 +297,7 @@ impl Pipeline {
             tracing::debug!(actor, %error, "failure of a stopped data path");
             return;
         }
+        self.health.set_last_failure(actor, error);
         if let Some(path) = self.path.take() {
             path.halt();
         }

@@ -82,7 +82,13 @@ pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<i32> {
 
     let health = Arc::new(Health::default());
     health.progress();
-    let metrics = crate::ops::start(&cfg.http.listen, health.clone()).await?;
+    let metrics = crate::ops::start(crate::ops::OpsSettings {
+        listen: cfg.http.listen.clone(),
+        health: health.clone(),
+        sales: Some(Arc::new(olap.clone())),
+        max_in_flight: cfg.pipeline.max_in_flight_batches,
+    })
+    .await?;
     let cfg = Arc::new(cfg);
     let (exit_tx, mut exit_rx) = mpsc::channel(1);
     let stores = Stores {
@@ -267,6 +273,11 @@ fn print_banner(cfg: &Config, opts: &DemoOptions, cap: u64) {
     println!("  MySQL      {olap}");
     println!("  Everything except a --sqlite file is gone when the demo ends.");
     if !cfg.http.listen.is_empty() {
+        println!(
+            "  console    http://{}/ (the pipeline, the sales, the dead letters; live until \
+             the demo ends)",
+            cfg.http.listen
+        );
         println!(
             "  metrics    http://{}/metrics (also /healthz, /readyz)",
             cfg.http.listen

@@ -17,6 +17,7 @@ use sqlx::{MySql, MySqlPool, Sqlite, SqlitePool};
 use crate::model::aggregate::Deltas;
 use crate::model::batch::Batch;
 pub use crate::model::ledger::{ApplyReport, Claim};
+use crate::ops::console::{MinuteRow, SalesFuture, SalesRow, SalesSource};
 use protocol::Protocol;
 
 const SEEDS: &str = include_str!("../schema/seeds.sql");
@@ -165,8 +166,28 @@ impl OlapStore {
         on_backend!(self, sales_today_by_category())
     }
 
+    /// Today's sales by category and platform, and per minute since `since`.
+    pub(crate) async fn sales(
+        &self,
+        since: chrono::NaiveDateTime,
+    ) -> Result<(Vec<SalesRow>, Vec<MinuteRow>), OlapError> {
+        on_backend!(self, sales(since))
+    }
+
     /// Whether the store answers (readiness probe).
     pub(crate) async fn ping(&self) -> bool {
         on_backend!(self, ping())
+    }
+}
+
+/// The console's sales come from the OLAP store, with the dashboard's definitions (its views).
+impl SalesSource for OlapStore {
+    fn sales(&self, minutes: u32) -> SalesFuture<'_> {
+        let since = chrono::Utc::now().naive_utc() - chrono::Duration::minutes(i64::from(minutes));
+        Box::pin(async move {
+            OlapStore::sales(self, since)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }

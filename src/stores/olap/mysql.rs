@@ -29,6 +29,12 @@ impl Dialect for MySql {
     const SALES_TODAY_BY_CATEGORY: &'static str =
         "SELECT category, CAST(SUM(total_sales) AS DOUBLE), CAST(SUM(total_profit) AS DOUBLE) \
          FROM sales_and_profit_today GROUP BY category ORDER BY category";
+    const SALES_TODAY: &'static str = "SELECT category, platform, CAST(orders AS DOUBLE), \
+         CAST(total_sales AS DOUBLE), CAST(total_profit AS DOUBLE) FROM sales_and_profit_today \
+         ORDER BY category, platform";
+    const SALES_PER_MINUTE_SINCE: &'static str = "SELECT minute_start, CAST(orders AS DOUBLE), \
+         CAST(total_sales AS DOUBLE), CAST(total_profit AS DOUBLE) FROM sales_per_minute_amounts \
+         WHERE minute_start >= ? ORDER BY minute_start";
     const RECORD_VERSION: &'static str =
         "INSERT INTO schema_version (component, version) VALUES ('mysql', ?) \
          ON DUPLICATE KEY UPDATE version = VALUES(version)";

@@ -25,6 +25,7 @@ use super::OlapError;
 use crate::model::aggregate::{Deltas, Totals};
 use crate::model::batch::Batch;
 use crate::model::ledger::{fold, plan, ApplyReport, Bisection, Claim, LedgerRow, Plan};
+use crate::ops::console::{MinuteRow, SalesRow};
 
 /// Rows per multi-row upsert statement (5 binds each: under SQLite's 32,766 bind limit and
 /// MySQL's 65,535).
@@ -55,6 +56,11 @@ pub trait Dialect: Database {
     const BEGIN_SNAPSHOT: &'static str;
     /// Today's (UTC) sales and profit by category: (category, sales, profit) as doubles.
     const SALES_TODAY_BY_CATEGORY: &'static str;
+    /// Today's (UTC) sales by category and platform: (category, platform, orders, sales,
+    /// profit), numbers as doubles.
+    const SALES_TODAY: &'static str;
+    /// Sales per minute since the bound time: (minute_start, orders, sales, profit).
+    const SALES_PER_MINUTE_SINCE: &'static str;
     /// Sets `schema_version` of `STORE` to the bound version, inserting the row if missing.
     const RECORD_VERSION: &'static str;
 
@@ -428,6 +434,38 @@ where
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
             .collect()
+    }
+
+    /// Today's sales by category and platform, and per minute since `since` (the console).
+    pub async fn sales(
+        pool: &Pool<DB>,
+        since: NaiveDateTime,
+    ) -> Result<(Vec<SalesRow>, Vec<MinuteRow>), OlapError> {
+        let mut rows = Vec::new();
+        for r in sqlx::query(DB::SALES_TODAY).fetch_all(pool).await? {
+            rows.push(SalesRow {
+                category: r.try_get(0)?,
+                platform: r.try_get(1)?,
+                orders: r.try_get(2)?,
+                sales: r.try_get(3)?,
+                profit: r.try_get(4)?,
+            });
+        }
+        let mut minutes = Vec::new();
+        for r in sqlx::query(DB::SALES_PER_MINUTE_SINCE)
+            .bind(since)
+            .fetch_all(pool)
+            .await?
+        {
+            let minute: NaiveDateTime = r.try_get(0)?;
+            minutes.push(MinuteRow {
+                minute: minute.and_utc().timestamp(),
+                orders: r.try_get(1)?,
+                sales: r.try_get(2)?,
+                profit: r.try_get(3)?,
+            });
+        }
+        Ok((rows, minutes))
     }
 
     /// Whether the store answers (readiness probe).
