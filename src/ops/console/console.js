@@ -31,12 +31,13 @@ const charts = [];
 function chartSize(el) {
   return { width: Math.max(300, (el && el.clientWidth ? el.clientWidth : 460) - 10), height: 200 };
 }
-function makeChart(id, series) {
+function makeChart(id, series, scales = {}) {
   const el = $(id);
   const opts = {
     ...chartSize(el.parentElement),
+    scales,
     series: [{}, ...series.map(([label, stroke]) => ({ label, stroke, width: 1.5 }))],
-    axes: [{}, { size: 60 }],
+    axes: [{}, { size: 80 }],
     legend: { live: false },
   };
   const chart = new uPlot(opts, [[], ...series.map(() => [])], el);
@@ -47,7 +48,11 @@ const ratesChart = makeChart("rates-chart", [
   ["produced", "#6b7280"], ["consumed", "#2563eb"], ["stored", "#059669"], ["applied", "#7c3aed"], ["dead-lettered", "#dc2626"],
 ]);
 const lagChart = makeChart("lag-chart", [["lag", "#b45309"]]);
-const minutesChart = makeChart("minutes-chart", [["sales", "#2563eb"], ["profit", "#059669"]]);
+// Always the last 30 minutes, however few of them have sales yet.
+const lastHalfHour = () => [Date.now() / 1000 - 1800, Date.now() / 1000 + 60];
+const minutesChart = makeChart("minutes-chart", [["sales", "#2563eb"], ["profit", "#059669"]], {
+  x: { time: true, range: lastHalfHour },
+});
 
 async function get(path) {
   const response = await fetch(path, { cache: "no-store" });
