@@ -78,6 +78,16 @@ impl Browser {
         }
     }
 
+    /// Chromium's console log since the last call (chromedriver's `se/log`).
+    async fn console_log(&self) -> Vec<Value> {
+        let log = self
+            .client
+            .issue_cmd(BrowserLog)
+            .await
+            .expect("browser log");
+        log.as_array().cloned().unwrap_or_default()
+    }
+
     async fn js(&self, script: &str) -> Value {
         self.client.execute(script, vec![]).await.expect(script)
     }
@@ -113,6 +123,24 @@ impl Browser {
             .click()
             .await
             .unwrap();
+    }
+}
+
+/// chromedriver's command for the browser's console log.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(r#"{"type":"browser"}"#.into()))
     }
 }
 
@@ -221,7 +249,8 @@ async fn the_console_shows_the_pipeline_and_the_sales_in_a_real_browser() {
     )
     .unwrap();
 
-    // MariaDB killed: the page says so, keeps refreshing, and recovers once it is back.
+    // MariaDB killed: the page says so, keeps refreshing, and recovers once it is back;
+    // meanwhile /metrics and /healthz answer at once.
     env.mariadb.proc.as_mut().unwrap().kill();
     browser.show("sales").await;
     browser
@@ -230,15 +259,36 @@ async fn the_console_shows_the_pipeline_and_the_sales_in_a_real_browser() {
         })
         .await;
     assert!(browser.text("status").await.starts_with("live"));
+    for path in ["/metrics", "/healthz"] {
+        let asked = Instant::now();
+        assert_eq!(
+            common::http_status(env.http_port, path),
+            Some(200),
+            "{path}"
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{path} took {:?}",
+            asked.elapsed()
+        );
+    }
     env.mariadb.restart();
     browser
         .wait_text("olap-state", Duration::from_secs(60), |t| t == "reachable")
         .await;
     assert_eq!(browser.text("sales-total").await, shown);
 
-    // No error on the page, and every request went to the console's own origin.
+    // No error on the page or in Chromium's console, and every request went to the console's
+    // own origin.
     let errors = browser.js("return window.consoleErrors").await;
     assert_eq!(errors, json!([]), "errors on the page");
+    let severe: Vec<Value> = browser
+        .console_log()
+        .await
+        .into_iter()
+        .filter(|entry| entry["level"] != "INFO" && entry["level"] != "DEBUG")
+        .collect();
+    assert!(severe.is_empty(), "Chromium's console: {severe:?}");
     let resources = browser
         .js("return performance.getEntriesByType('resource').map(e => e.name)")
         .await;
