@@ -235,8 +235,19 @@ pub struct PipelineConfig {
     pub max_orders: usize,
     /// Cut a batch at this many payload bytes.
     pub max_bytes: usize,
-    /// Cut a batch this long after its first record arrived.
+    /// Cut a batch this long after its first record arrived, at the latest.
     pub max_wait_ms: u64,
+    /// Cut a batch as soon as it is this old while the stages behind the batcher have room
+    /// (fewer than `eager_in_flight_batches` batches in flight): an order never waits for the
+    /// clock while the stores are idle. While they are busy, the batch keeps growing until they
+    /// have room again, `max_orders`/`max_bytes` is reached or `max_wait_ms` passes, so a drain
+    /// still cuts full batches. At most `max_wait_ms`.
+    pub linger_ms: u64,
+    /// The stages behind the batcher "have room" while fewer batches than this are in flight.
+    /// 2 lets one batch be written to Cassandra while the one before it commits to the OLAP
+    /// store; 0 turns early cuts off (batches are cut by size or `max_wait_ms` only). At most
+    /// `max_in_flight_batches`.
+    pub eager_in_flight_batches: usize,
     /// Batches cut but not yet committed to MySQL; consumption pauses at this number.
     pub max_in_flight_batches: usize,
     /// Largest accepted record value; larger ones are dead-lettered.
@@ -276,6 +287,8 @@ impl Default for PipelineConfig {
             max_orders: 5_000,
             max_bytes: 1024 * 1024,
             max_wait_ms: 200,
+            linger_ms: 5,
+            eager_in_flight_batches: 2,
             max_in_flight_batches: 16,
             max_record_bytes: 64 * 1024,
             memory_budget_bytes: 256 * 1024 * 1024,
@@ -422,6 +435,18 @@ impl Config {
         range("pipeline.max_orders", p.max_orders as i64, 1, 1_000_000)?;
         range("pipeline.max_bytes", p.max_bytes as i64, 1_024, 1 << 30)?;
         range("pipeline.max_wait_ms", p.max_wait_ms as i64, 1, 600_000)?;
+        range(
+            "pipeline.linger_ms",
+            p.linger_ms as i64,
+            0,
+            p.max_wait_ms as i64,
+        )?;
+        range(
+            "pipeline.eager_in_flight_batches",
+            p.eager_in_flight_batches as i64,
+            0,
+            p.max_in_flight_batches as i64,
+        )?;
         range(
             "pipeline.max_in_flight_batches",
             p.max_in_flight_batches as i64,

@@ -2,7 +2,10 @@
 //!
 //! A record keeps its Kafka coordinates (partition, offset) and the owner epoch under which it
 //! was read: the MySQL transaction uses them to drop replays, detect gaps and fence zombies. A
-//! batch is cut on `max_orders`, `max_bytes` or `max_wait_ms`, whichever comes first.
+//! batch is cut on `max_orders`, `max_bytes` or `max_wait_ms`, whichever comes first, or early,
+//! once it is `linger` old, while the stages behind the batcher have room (group commit: an
+//! order does not wait for the clock while the stores are idle, and a busy pipeline still cuts
+//! full batches).
 
 use std::time::{Duration, Instant};
 
@@ -69,6 +72,10 @@ pub struct BatchLimits {
     pub max_orders: usize,
     pub max_bytes: usize,
     pub max_wait: Duration,
+    /// Age at which a batch may be cut early, while the next stages have room.
+    pub linger: Duration,
+    /// The next stages have room while fewer batches than this are in flight; 0: never early.
+    pub eager_in_flight: usize,
 }
 
 /// Accumulates records and cuts batches.
@@ -105,12 +112,32 @@ impl BatchCutter {
         None
     }
 
-    /// Cuts the open batch if it has waited `max_wait`.
-    pub(crate) fn poll_time(&mut self, now: Instant) -> Option<Batch> {
-        match &self.open {
-            Some(b) if now.duration_since(b.opened_at) >= self.limits.max_wait => self.cut(),
-            _ => None,
+    /// Cuts the open batch if it may go now, with what cut it: `time` once it has waited
+    /// `max_wait`; `demand` once it has waited `linger` while fewer than `eager_in_flight`
+    /// batches are in flight.
+    pub(crate) fn poll(&mut self, now: Instant, in_flight: usize) -> Option<(Batch, &'static str)> {
+        let age = now.duration_since(self.open.as_ref()?.opened_at);
+        let trigger = if age >= self.limits.max_wait {
+            "time"
+        } else if age >= self.limits.linger && in_flight < self.limits.eager_in_flight {
+            "demand"
+        } else {
+            return None;
+        };
+        self.cut().map(|batch| (batch, trigger))
+    }
+
+    /// When to poll the open batch next: once it is `linger` old, then every `linger` (at least
+    /// a millisecond) while the next stages are busy, and at its deadline at the latest.
+    pub fn next_poll(&self, now: Instant) -> Option<Instant> {
+        let b = self.open.as_ref()?;
+        let deadline = b.opened_at + self.limits.max_wait;
+        if self.limits.eager_in_flight == 0 {
+            return Some(deadline);
         }
+        let step = self.limits.linger.max(Duration::from_millis(1));
+        let next = (b.opened_at + self.limits.linger).max(now + step);
+        Some(next.min(deadline))
     }
 
     /// When the open batch must be cut at the latest.
@@ -157,6 +184,8 @@ mod tests {
             max_orders: orders,
             max_bytes: bytes,
             max_wait: Duration::from_millis(wait_ms),
+            linger: Duration::from_millis(5),
+            eager_in_flight: 0,
         }
     }
 
@@ -186,13 +215,39 @@ mod tests {
     fn cuts_on_time_only_after_the_wait() {
         let mut c = BatchCutter::new(limits(1000, 1 << 20, 200));
         let t = Instant::now();
-        assert!(c.poll_time(t).is_none());
+        assert!(c.poll(t, 0).is_none());
         c.push(rec(0, 1), t);
         assert_eq!(c.deadline(), Some(t + Duration::from_millis(200)));
-        assert!(c.poll_time(t + Duration::from_millis(199)).is_none());
-        let b = c.poll_time(t + Duration::from_millis(200)).unwrap();
-        assert_eq!(b.records.len(), 1);
+        assert_eq!(c.next_poll(t), Some(t + Duration::from_millis(200)));
+        assert!(c.poll(t + Duration::from_millis(199), 0).is_none());
+        let (b, trigger) = c.poll(t + Duration::from_millis(200), 0).unwrap();
+        assert_eq!((b.records.len(), trigger), (1, "time"));
         assert!(c.deadline().is_none());
         assert_eq!(c.open_len(), 0);
+    }
+
+    #[test]
+    fn cuts_early_only_after_the_linger_and_while_the_next_stages_have_room() {
+        let ms = Duration::from_millis;
+        let mut c = BatchCutter::new(BatchLimits {
+            eager_in_flight: 2,
+            ..limits(1000, 1 << 20, 200)
+        });
+        let t = Instant::now();
+        c.push(rec(0, 1), t);
+        assert_eq!(c.next_poll(t), Some(t + ms(5)));
+        assert!(c.poll(t + ms(4), 0).is_none(), "younger than the linger");
+        // Busy: two batches in flight. The batch grows and is polled again every linger.
+        assert!(c.poll(t + ms(5), 2).is_none());
+        assert_eq!(c.next_poll(t + ms(5)), Some(t + ms(10)));
+        c.push(rec(1, 1), t + ms(6));
+        // Room again: cut at once, with both records.
+        let (b, trigger) = c.poll(t + ms(7), 1).unwrap();
+        assert_eq!((b.records.len(), trigger), (2, "demand"));
+        // Busy for the whole wait: the deadline still cuts, and is never passed.
+        c.push(rec(2, 1), t + ms(10));
+        assert_eq!(c.next_poll(t + ms(208)), Some(t + ms(210)));
+        assert!(c.poll(t + ms(209), 2).is_none());
+        assert_eq!(c.poll(t + ms(210), 2).unwrap().1, "time");
     }
 }

@@ -56,11 +56,27 @@ const SIZE_BUCKETS: [f64; 10] = [
     1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
 ];
 
+/// Buckets of the end-to-end latency, fine enough to state a p99 between 5 ms and 0.5 s within
+/// a few milliseconds: 5 ms steps to 0.1 s, 20 ms steps to 0.5 s, then coarser.
+fn end_to_end_buckets() -> Vec<f64> {
+    let fine = (1..=20).map(|i| f64::from(i) * 0.005);
+    let medium = (1..=20).map(|i| 0.1 + f64::from(i) * 0.02);
+    let coarse = [0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0];
+    // Rounded to the microsecond, so that the `le` labels read as written.
+    fine.chain(medium)
+        .map(|b| (b * 1e6).round() / 1e6)
+        .chain(coarse)
+        .collect()
+}
+
 /// Installs the recorder and describes every metric. Call once per process, then register the
 /// dead-letter reasons ([`dead_letter_reasons`]).
 pub fn install() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+        .set_buckets_for_metric(Matcher::Full(END_TO_END.into()), &end_to_end_buckets())
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+        })
         .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_records".into()), &SIZE_BUCKETS))
         .map_err(|e| e.to_string())?
         .install_recorder()
@@ -130,7 +146,7 @@ fn register_at_zero() {
     for kind in ["assign", "revoke"] {
         counter!(CONSUMER_REBALANCES, "kind" => kind).absolute(0);
     }
-    for trigger in ["count", "bytes", "time", "drain"] {
+    for trigger in ["count", "bytes", "demand", "time", "drain"] {
         counter!(BATCHES, "trigger" => trigger).absolute(0);
     }
     for outcome in ["committed", "empty"] {

@@ -1,4 +1,5 @@
-//! Batcher: cuts micro-batches on size, bytes or time and hands them to the CassandraWriter.
+//! Batcher: cuts micro-batches on size or bytes, early while the stages behind it have room
+//! (after `pipeline.linger_ms`), or on time, and hands them to the CassandraWriter.
 //!
 //! Every cut batch counts as in flight until MySQL has it; the consumer pauses at the limit, so
 //! the few batches that cannot be handed over at once wait here in a short queue. On failure the
@@ -82,18 +83,21 @@ impl Batcher {
         }
     }
 
-    fn arm_timer(&mut self, ctx: &mut Context<Self>) {
+    /// Cuts the open batch if it may go now (demand or time); otherwise, or after the cut,
+    /// polls again when the cutter says.
+    fn poll(&mut self, ctx: &mut Context<Self>) {
         if let Some(handle) = self.timer.take() {
             ctx.cancel_future(handle);
         }
-        if let Some(deadline) = self.cutter.deadline() {
-            let wait = deadline.saturating_duration_since(Instant::now());
+        let now = Instant::now();
+        if let Some((batch, trigger)) = self.cutter.poll(now, self.flow.in_flight()) {
+            self.dispatch(batch, trigger, ctx);
+        }
+        if let Some(at) = self.cutter.next_poll(now) {
+            let wait = at.saturating_duration_since(now);
             self.timer = Some(ctx.run_later(wait, |act, ctx| {
                 act.timer = None;
-                if let Some(batch) = act.cutter.poll_time(Instant::now()) {
-                    act.dispatch(batch, "time", ctx);
-                }
-                act.arm_timer(ctx);
+                act.poll(ctx);
             }));
         }
     }
@@ -115,7 +119,6 @@ impl Handler<Ingest> for Batcher {
     fn handle(&mut self, Ingest(records): Ingest, ctx: &mut Self::Context) {
         let now = Instant::now();
         for record in records {
-            let was_empty = self.cutter.open_len() == 0;
             if let Some(batch) = self.cutter.push(record, now) {
                 let trigger = if batch.records.len() >= self.limits.max_orders {
                     "count"
@@ -123,10 +126,11 @@ impl Handler<Ingest> for Batcher {
                     "bytes"
                 };
                 self.dispatch(batch, trigger, ctx);
-                self.arm_timer(ctx);
-            } else if was_empty {
-                self.arm_timer(ctx);
             }
+        }
+        // Whatever this round left open may go at once (the linger may be 0) or needs a poll.
+        if self.cutter.open_len() > 0 {
+            self.poll(ctx);
         }
     }
 }

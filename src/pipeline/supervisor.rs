@@ -230,6 +230,8 @@ impl Pipeline {
             max_orders: cfg.pipeline.max_orders,
             max_bytes: cfg.pipeline.max_bytes,
             max_wait: Duration::from_millis(cfg.pipeline.max_wait_ms),
+            linger: Duration::from_millis(cfg.pipeline.linger_ms),
+            eager_in_flight: cfg.pipeline.eager_in_flight_batches,
         };
         let batcher =
             Batcher::new(limits, writer.clone(), flow.clone(), supervisor.clone()).start();
