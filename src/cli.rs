@@ -21,7 +21,7 @@ use crate::stores::kafka::{self, KafkaError};
 use crate::stores::olap::OlapStore;
 use crate::stores::olap::{mysql, OlapError};
 use crate::tools::node_lease::LeaseKeeper;
-use crate::tools::producer::OrderProducer;
+use crate::tools::producer::{OrderProducer, ProducerSettings};
 
 /// `migrate`: topics, Cassandra keyspace and table, MySQL schema and seeds. Idempotent; runs
 /// under a MySQL named lock so concurrent runs serialize.
@@ -140,15 +140,15 @@ async fn start_producer(
             .fetch_metadata(Some(&topic), Duration::from_secs(5))
     })
     .await;
-    let actor = OrderProducer::new(
+    let actor = OrderProducer::new(ProducerSettings {
         producer,
-        cfg.kafka.topic.clone(),
-        rate,
+        topic: cfg.kafka.topic.clone(),
+        rate_per_sec: rate,
         count,
-        keeper.window(),
+        lease: keeper.window(),
         done,
         health,
-    )
+    })
     .start();
     Ok((actor, keeper))
 }

@@ -12,7 +12,7 @@ use orderstream::model::order::{Order, PaymentMethod};
 use orderstream::ops::Health;
 use orderstream::pipeline::dead_letters::DeadLetters;
 use orderstream::pipeline::olap_aggregator::{
-    BatchCommitted, BatchWritten, NotifyConsumer, OlapAggregator, Rejections,
+    AggregatorWiring, BatchCommitted, BatchWritten, NotifyConsumer, OlapAggregator, Rejections,
 };
 use orderstream::pipeline::{ActorFailed, Flow};
 use orderstream::stores::olap::OlapStore;
@@ -127,15 +127,15 @@ async fn out_of_order_writes_commit_in_offset_order(backend: Backend) {
     for _ in 0..3 {
         flow.started();
     }
-    let aggregator = OlapAggregator::new(
-        store.clone(),
-        rejections(&cfg).await,
-        topic.clone(),
-        flow.clone(),
-        recorder.clone().recipient(),
-        Arc::new(Health::default()),
-        orderstream::pipeline::supervisor::retry_backoff(&cfg),
-    )
+    let aggregator = OlapAggregator::new(AggregatorWiring {
+        store: store.clone(),
+        rejections: rejections(&cfg).await,
+        topic: topic.clone(),
+        flow: flow.clone(),
+        supervisor: recorder.clone().recipient(),
+        health: Arc::new(Health::default()),
+        backoff: orderstream::pipeline::supervisor::retry_backoff(&cfg),
+    })
     .start();
     aggregator
         .send(NotifyConsumer(recorder.clone().recipient()))

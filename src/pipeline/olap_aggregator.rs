@@ -64,28 +64,32 @@ pub struct OlapAggregator {
     backoff: ExponentialBackoff,
 }
 
+/// What an aggregator is built from.
+pub struct AggregatorWiring {
+    pub store: OlapStore,
+    /// Where refused orders go: the dead letters, and Cassandra to remove them from.
+    pub rejections: Rejections,
+    pub topic: String,
+    pub flow: Arc<Flow>,
+    pub supervisor: Recipient<ActorFailed>,
+    pub health: Arc<Health>,
+    pub backoff: ExponentialBackoff,
+}
+
 impl OlapAggregator {
-    pub fn new(
-        store: OlapStore,
-        rejections: Rejections,
-        topic: String,
-        flow: Arc<Flow>,
-        supervisor: Recipient<ActorFailed>,
-        health: Arc<Health>,
-        backoff: ExponentialBackoff,
-    ) -> Self {
+    pub fn new(w: AggregatorWiring) -> Self {
         Self {
-            store,
-            rejections,
-            topic,
+            store: w.store,
+            rejections: w.rejections,
+            topic: w.topic,
             pending: BTreeMap::new(),
             next_seq: 0,
             busy: false,
-            flow,
+            flow: w.flow,
             consumer: None,
-            supervisor,
-            health,
-            backoff,
+            supervisor: w.supervisor,
+            health: w.health,
+            backoff: w.backoff,
         }
     }
 

@@ -26,7 +26,9 @@ use crate::pipeline::batcher::{Batcher, FlushOpen};
 use crate::pipeline::cassandra_writer::CassandraWriter;
 use crate::pipeline::consumer::{ConsumerSettings, ConsumerWiring, KafkaConsumer, StopPolling};
 use crate::pipeline::dead_letters::DeadLetters;
-use crate::pipeline::olap_aggregator::{NotifyConsumer, OlapAggregator, Rejections};
+use crate::pipeline::olap_aggregator::{
+    AggregatorWiring, NotifyConsumer, OlapAggregator, Rejections,
+};
 use crate::pipeline::watchdog::{Change, PartitionView, RejoinPolicy, Watchdog};
 use crate::pipeline::{ActorFailed, Failure, Flow, Halt, Remedy};
 use crate::stores::cassandra::CassandraStore;
@@ -207,15 +209,15 @@ impl Pipeline {
             dead_letters: dead_letters.clone(),
             cassandra: self.stores.cassandra.clone(),
         };
-        let aggregator = OlapAggregator::new(
-            self.stores.olap.clone(),
+        let aggregator = OlapAggregator::new(AggregatorWiring {
+            store: self.stores.olap.clone(),
             rejections,
-            cfg.kafka.topic.clone(),
-            flow.clone(),
-            supervisor.clone(),
-            self.health.clone(),
-            backoff.clone(),
-        )
+            topic: cfg.kafka.topic.clone(),
+            flow: flow.clone(),
+            supervisor: supervisor.clone(),
+            health: self.health.clone(),
+            backoff: backoff.clone(),
+        })
         .start();
         let writer = CassandraWriter::new(
             self.stores.cassandra.clone(),

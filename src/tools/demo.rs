@@ -36,7 +36,7 @@ use crate::stores::olap::sqlite;
 use crate::stores::olap::OlapStore;
 use crate::stores::{kafka, topic_reader};
 use crate::tools::node_lease::LeaseWindow;
-use crate::tools::producer::OrderProducer;
+use crate::tools::producer::{OrderProducer, ProducerSettings};
 use crate::tools::reconcile;
 
 /// Settings the demo uses unless `--set` says otherwise: more partitions than the default, so
@@ -99,17 +99,7 @@ pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<i32> {
     let pipeline = Pipeline::new(cfg.clone(), stores, health, owner, exit_tx).start();
 
     let (done_tx, mut done_rx) = oneshot::channel();
-    let producer = OrderProducer::new(
-        kafka::producer_config(&cfg.kafka, "orderstream-demo-producer").create()?,
-        cfg.kafka.topic.clone(),
-        opts.rate_per_sec,
-        cap,
-        LeaseWindow::exclusive(0),
-        Some(done_tx),
-        None,
-    )
-    .with_invalid_every(opts.invalid_every)
-    .start();
+    let producer = start_producer(&cfg, &opts, cap, done_tx)?;
 
     let summary = Summary {
         cfg: cfg.clone(),
@@ -154,6 +144,27 @@ pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<i32> {
         opts.catch_up,
     )
     .await
+}
+
+/// The simulated shop: `cap` orders at the demo's rate, a few invalid on purpose; it says how
+/// many were acknowledged on `done` when it reaches the cap.
+fn start_producer(
+    cfg: &Config,
+    opts: &DemoOptions,
+    cap: u64,
+    done: oneshot::Sender<u64>,
+) -> anyhow::Result<Addr<OrderProducer>> {
+    Ok(OrderProducer::new(ProducerSettings {
+        producer: kafka::producer_config(&cfg.kafka, "orderstream-demo-producer").create()?,
+        topic: cfg.kafka.topic.clone(),
+        rate_per_sec: opts.rate_per_sec,
+        count: cap,
+        lease: LeaseWindow::exclusive(0),
+        done: Some(done),
+        health: None,
+    })
+    .with_invalid_every(opts.invalid_every)
+    .start())
 }
 
 /// Kafka: librdkafka's mock cluster in this process, with the topics (the mock cluster has no

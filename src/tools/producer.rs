@@ -52,30 +52,37 @@ pub struct OrderProducer {
 /// Longest wait of a halting producer for the broker's answers to what it has sent.
 const HALT_WAIT: Duration = Duration::from_secs(10);
 
+/// What a producer is built from.
+pub struct ProducerSettings {
+    pub producer: FutureProducer,
+    pub topic: String,
+    pub rate_per_sec: u32,
+    /// Stop after this many orders; 0: never.
+    pub count: u64,
+    /// The id node this producer may use, and until when.
+    pub lease: Arc<LeaseWindow>,
+    /// Told the number acknowledged once `count` orders are.
+    pub done: Option<tokio::sync::oneshot::Sender<u64>>,
+    /// The `produce` command's liveness (None inside `run` and the demo).
+    pub health: Option<Arc<Health>>,
+}
+
 impl OrderProducer {
-    pub fn new(
-        producer: FutureProducer,
-        topic: String,
-        rate_per_sec: u32,
-        count: u64,
-        lease: Arc<LeaseWindow>,
-        done: Option<tokio::sync::oneshot::Sender<u64>>,
-        health: Option<Arc<Health>>,
-    ) -> Self {
+    pub fn new(s: ProducerSettings) -> Self {
         Self {
-            producer,
-            topic,
-            rate_per_sec,
-            count,
+            producer: s.producer,
+            topic: s.topic,
+            rate_per_sec: s.rate_per_sec,
+            count: s.count,
             generator: OrderGenerator::new(0),
             generator_for: None,
-            lease,
+            lease: s.lease,
             started_at: Instant::now(),
             sent: 0,
             acked: Arc::default(),
             failed: Arc::default(),
-            done,
-            health,
+            done: s.done,
+            health: s.health,
             acked_seen: 0,
             invalid_every: 0,
             halting: false,
