@@ -300,8 +300,8 @@ impl KafkaConsumer {
 /// Seeks a newly claimed partition to the ledger's position. Right after an assignment
 /// librdkafka may not have started the partition's fetcher yet and answers "erroneous state";
 /// that passes within milliseconds, so it is retried for up to the request timeout. (Claims on
-/// SQLite are fast enough to hit it: the demo restarted its data path once at startup and lost
-/// ten seconds to the rejoin.)
+/// SQLite are fast enough to meet it; failing there would restart the data path and cost a
+/// rejoin.)
 async fn seek(
     client: &Arc<Client>,
     settings: &ConsumerSettings,
