@@ -16,7 +16,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::health::Health;
+use super::health::{locked, Health};
 use super::telemetry;
 
 /// Samples kept: one a second for five minutes.
@@ -66,11 +66,6 @@ struct SeenDeadLetter {
 }
 
 static RECENT: Mutex<VecDeque<SeenDeadLetter>> = Mutex::new(VecDeque::new());
-
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Plain data: a panic elsewhere cannot leave it half-written.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Remembers a published dead letter for the console.
 pub(crate) fn remember_dead_letter(reason: &'static str, partition: i32, offset: i64) {
@@ -241,9 +236,10 @@ impl Console {
             .collect();
         partitions.sort_by_key(|v| v["partition"].as_i64());
         let (p50, p99) = latency_quantiles(&scrape);
+        let readiness = self.health.readiness();
         json!({
-            "ready": self.health.readiness().is_ok(),
-            "not_ready_because": self.health.readiness().err(),
+            "ready": readiness.is_ok(),
+            "not_ready_because": readiness.err(),
             "stages": stages,
             "in_flight_batches": scrape.sum(telemetry::IN_FLIGHT),
             "max_in_flight_batches": self.max_in_flight,

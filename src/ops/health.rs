@@ -30,7 +30,7 @@ pub struct LastFailure {
     pub error: String,
 }
 
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Plain data: a panic elsewhere cannot leave it half-written.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -10,6 +10,11 @@
 //! - the state is loaded from `--state` at start and saved there on SIGTERM/SIGINT (a `kill -9`
 //!   loses everything since the last save, which a real node would not).
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 mod system;
 
 use std::net::SocketAddr;
