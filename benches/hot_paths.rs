@@ -11,9 +11,8 @@
 //! Criterion reports time per iteration and, with `Throughput::Elements`, orders per second.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use orderstream::model::aggregate::Deltas;
-use orderstream::model::order::{decode, Order};
-use orderstream::tools::simulation::OrderGenerator;
+use orderstream::model::{decode, Deltas, Order};
+use orderstream::tools::OrderGenerator;
 use rand::SeedableRng;
 
 /// Orders as the simulated producer makes them, over about a minute of creation times.

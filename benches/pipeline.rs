@@ -51,9 +51,8 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use orderstream::config::Config;
-use orderstream::model::batch::{Batch, Content, Record};
-use orderstream::model::order::{decode, Order};
-use orderstream::stores::cassandra::CassandraStore;
+use orderstream::model::{decode, Batch, Content, Order, Record};
+use orderstream::stores::CassandraStore;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
@@ -544,7 +543,7 @@ fn make_batch(
 async fn claim_all(pool: &sqlx::MySqlPool, topic: &str, owner: &str) -> BTreeMap<i32, i64> {
     let mut epochs = BTreeMap::new();
     for p in 0..partitions() {
-        let claim = orderstream::stores::olap::OlapStore::Mysql(pool.clone())
+        let claim = orderstream::stores::OlapStore::Mysql(pool.clone())
             .claim(topic, p, owner, 0)
             .await
             .unwrap();
@@ -565,7 +564,7 @@ async fn raw_mysql(pool: &sqlx::MySqlPool, sample: &[Order], size: usize) -> f64
         .collect();
     let started = Instant::now();
     for b in &batches {
-        orderstream::stores::olap::OlapStore::Mysql(pool.clone())
+        orderstream::stores::OlapStore::Mysql(pool.clone())
             .apply_batch(topic, b)
             .await
             .unwrap();
@@ -576,7 +575,7 @@ async fn raw_mysql(pool: &sqlx::MySqlPool, sample: &[Order], size: usize) -> f64
 /// The bare sequential loop; returns orders per second over `count` orders.
 async fn baseline(cfg: &Config, count: u64, insert_concurrency: usize) -> f64 {
     let store = Arc::new(CassandraStore::connect(&cfg.cassandra).await.unwrap());
-    let pool = orderstream::stores::olap::mysql::connect(&cfg.mysql)
+    let pool = orderstream::stores::connect_mysql(&cfg.mysql)
         .await
         .unwrap();
     let topic = &cfg.kafka.topic;
@@ -587,7 +586,7 @@ async fn baseline(cfg: &Config, count: u64, insert_concurrency: usize) -> f64 {
         .create()
         .unwrap();
     let epochs = claim_all(&pool, topic, "baseline").await;
-    let ledger = orderstream::stores::olap::OlapStore::Mysql(pool.clone())
+    let ledger = orderstream::stores::OlapStore::Mysql(pool.clone())
         .read_ledger(topic)
         .await
         .unwrap();
@@ -639,7 +638,7 @@ async fn baseline(cfg: &Config, count: u64, insert_concurrency: usize) -> f64 {
             .filter_map(|r| r.order().cloned())
             .collect();
         insert_all(&store, &orders, insert_concurrency).await;
-        let report = orderstream::stores::olap::OlapStore::Mysql(pool.clone())
+        let report = orderstream::stores::OlapStore::Mysql(pool.clone())
             .apply_batch(topic, &batch)
             .await
             .unwrap();

@@ -15,25 +15,23 @@ use sqlx::MySqlPool;
 
 use crate::config::Config;
 use crate::ops::{Health, OpsSettings};
-use crate::pipeline::supervisor::{instance_name, retry_backoff, Drain, Pipeline, Stores};
-use crate::stores::cassandra::{CassandraError, CassandraStore};
-use crate::stores::kafka::{self, KafkaError};
-use crate::stores::olap::OlapStore;
-use crate::stores::olap::{mysql, OlapError};
-use crate::tools::node_lease::LeaseKeeper;
-use crate::tools::producer::{OrderProducer, ProducerSettings};
+use crate::pipeline::{instance_name, retry_backoff, Drain, Pipeline, Stores};
+use crate::stores::{
+    check_mysql_migrated, connect_mysql, create_topics, migrate_mysql, partition_count,
+    producer_config, with_mysql_migrate_lock, CassandraError, CassandraStore, KafkaError,
+    OlapError, OlapStore,
+};
+use crate::tools::{LeaseKeeper, OrderProducer, ProducerSettings};
 
 /// `migrate`: topics, Cassandra keyspace and table, MySQL schema and seeds. Idempotent; runs
 /// under a MySQL named lock so concurrent runs serialize.
 pub async fn migrate(cfg: &Config) -> anyhow::Result<()> {
-    mysql::with_migrate_lock(&cfg.mysql, || async {
-        kafka::create_topics(&cfg.kafka)
-            .await
-            .context("kafka topics")?;
-        crate::stores::cassandra::migrate(&cfg.cassandra)
+    with_mysql_migrate_lock(&cfg.mysql, || async {
+        create_topics(&cfg.kafka).await.context("kafka topics")?;
+        crate::stores::migrate_cassandra(&cfg.cassandra)
             .await
             .context("cassandra schema")?;
-        mysql::migrate(&cfg.mysql).await.context("mysql schema")?;
+        migrate_mysql(&cfg.mysql).await.context("mysql schema")?;
         Ok(())
     })
     .await?;
@@ -74,7 +72,7 @@ async fn connect_stores(cfg: &Config, pool: &MySqlPool) -> anyhow::Result<Stores
         cfg,
         "mysql",
         |e: &OlapError| !e.is_transient(),
-        || mysql::check_migrated(pool, &cfg.mysql),
+        || check_mysql_migrated(pool, &cfg.mysql),
     )
     .await?;
     let cassandra = wait_for(
@@ -95,7 +93,7 @@ async fn connect_stores(cfg: &Config, pool: &MySqlPool) -> anyhow::Result<Stores
                 let topic = topic.clone();
                 async move {
                     let name = topic.clone();
-                    tokio::task::spawn_blocking(move || kafka::partition_count(&kcfg, &name))
+                    tokio::task::spawn_blocking(move || partition_count(&kcfg, &name))
                         .await
                         .unwrap_or_else(|e| Err(KafkaError::MissingTopic(format!("{topic} ({e})"))))
                 }
@@ -128,7 +126,7 @@ async fn start_producer(
     )
     .await?;
     let producer: rdkafka::producer::FutureProducer =
-        kafka::producer_config(&cfg.kafka, &name).create()?;
+        producer_config(&cfg.kafka, &name).create()?;
     // Connect before the first order is stamped: librdkafka connects (and, being idempotent,
     // asks for a producer id) lazily, and orders created meanwhile would carry that start-up as
     // latency (over a second with tansu). A broker that is down is no error here: the bounded
@@ -166,7 +164,7 @@ pub async fn run(
     health.progress();
     // Lazy: no connection until the first query, so the console can show the store from the
     // start (unreachable until it answers).
-    let pool = mysql::connect(&cfg.mysql).await?;
+    let pool = connect_mysql(&cfg.mysql).await?;
     crate::ops::start(OpsSettings {
         listen: cfg.http.listen.clone(),
         health: health.clone(),
@@ -233,12 +231,12 @@ pub async fn produce(mut cfg: Config, rate: u32, count: u64) -> anyhow::Result<i
     })
     .await?;
     let started = std::time::Instant::now();
-    let pool = mysql::connect(&cfg.mysql).await?;
+    let pool = connect_mysql(&cfg.mysql).await?;
     wait_for(
         &cfg,
         "mysql",
         |e: &OlapError| !e.is_transient(),
-        || mysql::check_migrated(&pool, &cfg.mysql),
+        || check_mysql_migrated(&pool, &cfg.mysql),
     )
     .await?;
     let (tx, rx) = tokio::sync::oneshot::channel();

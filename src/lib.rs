@@ -29,6 +29,10 @@
 //! - `tools/`    — around the pipeline: the demo, the audit (`reconcile`), the simulated
 //!   producer with its order ids and id-node leases
 //!
+//! Inside a layer every file is a private module; the layer's `mod.rs` re-exports (`pub use`)
+//! what the other layers, the binary, the tests and the benches need, and nothing else, so the
+//! compiler reports what nobody uses.
+//!
 //! The demo's CQL server is the workspace crate `cql-emulator` (crates/cql-emulator); only the
 //! demo and the `cql-emulator` command use it.
 

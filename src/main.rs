@@ -190,7 +190,7 @@ fn init_logging(command: &Command) {
 fn overrides(cli: &Cli) -> Vec<(String, String)> {
     let mut overrides = Vec::new();
     if let Command::Demo { rate, .. } = &cli.command {
-        for (k, v) in orderstream::tools::demo::DEFAULTS {
+        for (k, v) in orderstream::tools::DEMO_DEFAULTS {
             overrides.push((k.to_owned(), v.to_owned()));
         }
         // Through the configuration, so that `demo --rate 0` is refused as `produce --rate 0`;
@@ -251,7 +251,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<i32> {
             summary_every_s,
             invalid_every,
         } => {
-            let options = tools::demo::DemoOptions {
+            let options = tools::DemoOptions {
                 rate_per_sec: config.producer.rate_per_sec,
                 seconds,
                 sqlite,
@@ -259,11 +259,11 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<i32> {
                 invalid_every,
                 catch_up: std::time::Duration::from_secs(60),
             };
-            tools::demo::run(config, options).await
+            tools::run_demo(config, options).await
         }
         Command::Reconcile { read_timeout_secs } => {
             let read_time = std::time::Duration::from_secs(read_timeout_secs);
-            let report = tools::reconcile::reconcile(&config, read_time).await?;
+            let report = tools::reconcile(&config, read_time).await?;
             print!("{report}");
             Ok(if !report.unreadable.is_empty() {
                 5

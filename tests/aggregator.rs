@@ -6,16 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use orderstream::model::aggregate::Deltas;
-use orderstream::model::batch::{Batch, Content, Record};
-use orderstream::model::order::{Order, PaymentMethod};
+use orderstream::model::{Batch, Content, Deltas, Order, PaymentMethod, Record};
 use orderstream::ops::Health;
-use orderstream::pipeline::dead_letters::DeadLetters;
-use orderstream::pipeline::olap_aggregator::{
+use orderstream::pipeline::DeadLetters;
+use orderstream::pipeline::{ActorFailed, Flow};
+use orderstream::pipeline::{
     AggregatorWiring, BatchCommitted, BatchWritten, NotifyConsumer, OlapAggregator, Rejections,
 };
-use orderstream::pipeline::{ActorFailed, Flow};
-use orderstream::stores::olap::OlapStore;
+use orderstream::stores::OlapStore;
 
 use crate::common::{self, Backend, Env};
 
@@ -73,7 +71,7 @@ impl Handler<ActorFailed> for Recorder {
 
 /// The real dead-letter topic and Cassandra, for orders MySQL refuses (none do here).
 async fn rejections(cfg: &orderstream::config::Config) -> Rejections {
-    let producer = orderstream::stores::kafka::producer_config(&cfg.kafka, "test-dlq")
+    let producer = orderstream::stores::producer_config(&cfg.kafka, "test-dlq")
         .create()
         .unwrap();
     Rejections {
@@ -82,11 +80,11 @@ async fn rejections(cfg: &orderstream::config::Config) -> Rejections {
             cfg.kafka.dead_letter_topic.clone(),
             cfg.kafka.topic.clone(),
             cfg.pipeline.max_record_bytes,
-            orderstream::pipeline::supervisor::retry_backoff(cfg),
+            orderstream::pipeline::retry_backoff(cfg),
         )
         .start(),
         cassandra: Arc::new(
-            orderstream::stores::cassandra::CassandraStore::connect(&cfg.cassandra)
+            orderstream::stores::CassandraStore::connect(&cfg.cassandra)
                 .await
                 .unwrap(),
         ),
@@ -134,7 +132,7 @@ async fn out_of_order_writes_commit_in_offset_order(backend: Backend) {
         flow: flow.clone(),
         supervisor: recorder.clone().recipient(),
         health: Arc::new(Health::default()),
-        backoff: orderstream::pipeline::supervisor::retry_backoff(&cfg),
+        backoff: orderstream::pipeline::retry_backoff(&cfg),
     })
     .start();
     aggregator
@@ -331,10 +329,7 @@ async fn refused_orders_are_found_by_bisection(backend: Backend) {
 
     // Set aside (the aggregator dead-letters them), the rest applies and the ledger passes all.
     for i in &indices {
-        b.records[*i].reject(
-            orderstream::model::order::Reason::StoreRejected,
-            "refused".into(),
-        );
+        b.records[*i].reject(orderstream::model::Reason::StoreRejected, "refused".into());
     }
     let report = store.apply_batch(&topic, &b).await.unwrap();
     assert_eq!(

@@ -142,7 +142,7 @@ impl Chaos {
         let records = common::read_topic(&self.env.broker.addr(), &self.env.names.topic);
         let invalid: BTreeSet<(i32, i64)> = records
             .iter()
-            .filter(|r| orderstream::model::order::decode(&r.payload, 64 * 1024).is_err())
+            .filter(|r| orderstream::model::decode(&r.payload, 64 * 1024).is_err())
             .map(|r| (r.partition, r.offset))
             .collect();
         let dead = common::read_topic(&self.env.broker.addr(), &self.env.names.dlq);

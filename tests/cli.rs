@@ -235,7 +235,7 @@ async fn dev_servers_stop_returns_once_the_emulator_has_saved_its_state() {
         contact_points: vec![format!("127.0.0.1:{cql}")],
         ..Default::default()
     };
-    let session = orderstream::stores::cassandra::connect_session(&cfg)
+    let session = orderstream::stores::connect_cassandra_session(&cfg)
         .await
         .unwrap();
     session

@@ -43,7 +43,7 @@ async fn invalid_records_are_dead_lettered_and_valid_ones_stay_exact() {
     let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
     let mut expected_dead: BTreeMap<(i32, i64), &'static str> = BTreeMap::new();
     for r in &records {
-        if let Err(rejection) = orderstream::model::order::decode(&r.payload, 64 * 1024) {
+        if let Err(rejection) = orderstream::model::decode(&r.payload, 64 * 1024) {
             expected_dead.insert((r.partition, r.offset), rejection.reason.as_str());
         }
     }
@@ -168,7 +168,7 @@ async fn orders_mysql_refuses_are_bisected_out_and_dead_lettered() {
     let mut refused = BTreeMap::new();
     let mut kept = Vec::new();
     for r in &records {
-        let order = orderstream::model::order::decode(&r.payload, 64 * 1024).unwrap();
+        let order = orderstream::model::decode(&r.payload, 64 * 1024).unwrap();
         if order.platform_id == 2 && order.product_id == 7 {
             refused.insert((r.partition, r.offset), order.order_id);
         } else {
@@ -195,7 +195,7 @@ async fn orders_mysql_refuses_are_bisected_out_and_dead_lettered() {
             "{:?}",
             d.headers
         );
-        let order = orderstream::model::order::decode(&d.payload, 64 * 1024).unwrap();
+        let order = orderstream::model::decode(&d.payload, 64 * 1024).unwrap();
         let key = (
             d.headers["source_partition"].parse::<i32>().unwrap(),
             d.headers["source_offset"].parse::<i64>().unwrap(),
@@ -269,7 +269,7 @@ async fn partition_is_held_while_the_dead_letter_topic_is_unreachable() {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let mut highest = 0;
     while std::time::Instant::now() < deadline {
-        highest = orderstream::stores::olap::OlapStore::Mysql(pool.clone())
+        highest = orderstream::stores::OlapStore::Mysql(pool.clone())
             .read_ledger(&env.names.topic)
             .await
             .unwrap()

@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use orderstream::stores::olap::OlapStore;
+use orderstream::stores::OlapStore;
 
 use crate::common::{self, BIN};
 
@@ -100,7 +100,7 @@ async fn the_demo_runs_alone_and_its_audit_is_exact() {
         "{invalid} invalid of {records}"
     );
     assert!(out.contains(&format!("cassandra rows: {valid}\n")), "{out}");
-    let pool = orderstream::stores::olap::sqlite::connect(Some(&sqlite))
+    let pool = orderstream::stores::connect_sqlite(Some(&sqlite))
         .await
         .unwrap();
     let store = OlapStore::Sqlite(pool);

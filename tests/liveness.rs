@@ -61,7 +61,7 @@ where
 }
 
 async fn ledger(env: &Env, partitions: i32) -> BTreeMap<i32, i64> {
-    orderstream::stores::olap::OlapStore::Mysql(env.mysql(partitions).await)
+    orderstream::stores::OlapStore::Mysql(env.mysql(partitions).await)
         .read_ledger(&env.names.topic)
         .await
         .unwrap_or_default()
@@ -188,7 +188,7 @@ async fn two_instances_one_sigkilled_the_survivor_takes_every_partition() {
         )
         .await;
         // Every partition was last claimed by the survivor.
-        let owners = orderstream::stores::olap::OlapStore::Mysql(env.mysql(PARTITIONS).await)
+        let owners = orderstream::stores::OlapStore::Mysql(env.mysql(PARTITIONS).await)
             .read_ledger_owners(&env.names.topic)
             .await
             .unwrap();

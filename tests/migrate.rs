@@ -77,11 +77,11 @@ async fn migrate_twice_and_concurrently_changes_nothing() {
     );
     assert!(!common::log_ends(&env.broker.addr(), &env.names.dlq).is_empty());
     let cfg = env.config(3);
-    let session = orderstream::stores::cassandra::connect_session(&cfg.cassandra)
+    let session = orderstream::stores::connect_cassandra_session(&cfg.cassandra)
         .await
         .unwrap();
     assert!(
-        orderstream::stores::cassandra::table_exists(&session, &env.names.keyspace, "orders")
+        orderstream::stores::cassandra_table_exists(&session, &env.names.keyspace, "orders")
             .await
             .unwrap()
     );

@@ -463,7 +463,7 @@ async fn pool_as(env: &Env, partitions: i32, user: &str, password: &str) -> sqlx
         ])
         .collect::<Vec<_>>();
     let cfg = orderstream::config::Config::load(None, vars, &[]).unwrap();
-    orderstream::stores::olap::mysql::connect(&cfg.mysql)
+    orderstream::stores::connect_mysql(&cfg.mysql)
         .await
         .unwrap()
 }

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use orderstream::model::aggregate::Deltas;
-use orderstream::stores::cassandra::CassandraStore;
+use orderstream::model::Deltas;
+use orderstream::stores::CassandraStore;
 
 use crate::common::{self, Env};
 
@@ -128,7 +128,7 @@ async fn twenty_thousand_orders_are_stored_exactly_once() {
     );
 
     // Aggregates equal the sums recomputed from the orders, key by key.
-    let aggregates = orderstream::stores::olap::OlapStore::Mysql(pool.clone())
+    let aggregates = orderstream::stores::OlapStore::Mysql(pool.clone())
         .read_aggregates()
         .await
         .unwrap();
@@ -137,7 +137,7 @@ async fn twenty_thousand_orders_are_stored_exactly_once() {
     assert_eq!(aggregates.per_minute, recomputed.per_minute);
 
     // The ledger is at the log end, and Kafka's committed offsets agree with it.
-    let ledger = orderstream::stores::olap::OlapStore::Mysql(pool.clone())
+    let ledger = orderstream::stores::OlapStore::Mysql(pool.clone())
         .read_ledger(&env.names.topic)
         .await
         .unwrap();

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use orderstream::tools::node_lease::{LeaseError, NodeLease};
+use orderstream::tools::{LeaseError, NodeLease};
 
 use crate::common::{self, Env};
 

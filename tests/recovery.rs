@@ -102,7 +102,7 @@ async fn drain_timeout_abandons_a_stuck_batch_and_exits_0() {
     common::eventually(Duration::from_secs(60), "partition claimed", || {
         let (pool, topic) = (pool.clone(), topic.clone());
         async move {
-            orderstream::stores::olap::OlapStore::Mysql(pool.clone())
+            orderstream::stores::OlapStore::Mysql(pool.clone())
                 .read_ledger(&topic)
                 .await
                 .map(|l| l.len() == 1)
@@ -130,7 +130,7 @@ async fn drain_timeout_abandons_a_stuck_batch_and_exits_0() {
         "the drain waited for its timeout, then stopped: {drain:?}"
     );
     assert_eq!(common::applied(&pool, &topic).await, 0, "nothing applied");
-    let aggregates = orderstream::stores::olap::OlapStore::Mysql(pool.clone())
+    let aggregates = orderstream::stores::OlapStore::Mysql(pool.clone())
         .read_aggregates()
         .await
         .unwrap();

@@ -55,7 +55,7 @@ async fn a_spent_restart_budget_exits_3_naming_the_actor_and_its_error() {
         3,
         "three restarts, then the exit"
     );
-    let ledger = orderstream::stores::olap::OlapStore::Mysql(pool.clone())
+    let ledger = orderstream::stores::OlapStore::Mysql(pool.clone())
         .read_ledger(&env.names.topic)
         .await
         .unwrap();

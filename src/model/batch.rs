@@ -140,13 +140,6 @@ impl BatchCutter {
         Some(next.min(deadline))
     }
 
-    /// When the open batch must be cut at the latest.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.open
-            .as_ref()
-            .map(|b| b.opened_at + self.limits.max_wait)
-    }
-
     /// Cuts whatever is open (shutdown, or a time limit).
     pub fn cut(&mut self) -> Option<Batch> {
         let batch = self.open.take()?;
@@ -217,12 +210,11 @@ mod tests {
         let t = Instant::now();
         assert!(c.poll(t, 0).is_none());
         c.push(rec(0, 1), t);
-        assert_eq!(c.deadline(), Some(t + Duration::from_millis(200)));
         assert_eq!(c.next_poll(t), Some(t + Duration::from_millis(200)));
         assert!(c.poll(t + Duration::from_millis(199), 0).is_none());
         let (b, trigger) = c.poll(t + Duration::from_millis(200), 0).unwrap();
         assert_eq!((b.records.len(), trigger), (1, "time"));
-        assert!(c.deadline().is_none());
+        assert!(c.next_poll(t + Duration::from_millis(200)).is_none());
         assert_eq!(c.open_len(), 0);
     }
 

@@ -5,7 +5,13 @@
 //! - `aggregate` — folding orders into aggregate deltas
 //! - `ledger`    — the protocol's rules: what a batch may change, given the ledger
 
-pub mod aggregate;
-pub mod batch;
-pub mod ledger;
-pub mod order;
+mod aggregate;
+mod batch;
+mod ledger;
+mod order;
+
+pub use aggregate::{DailyKey, Deltas, MinuteKey, Totals};
+pub use batch::{Batch, BatchCutter, BatchLimits, Content, Record};
+pub(crate) use ledger::{fold, plan, Bisection, LedgerRow, Plan};
+pub use ledger::{ApplyReport, Claim};
+pub use order::{decode, Order, PaymentMethod, Reason, Rejection};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::model::batch::{Batch, BatchCutter, BatchLimits, Record};
+use crate::model::{Batch, BatchCutter, BatchLimits, Record};
 use crate::pipeline::cassandra_writer::{CassandraWriter, WriteBatch};
 use crate::pipeline::{ActorFailed, Failure, Flow, Halt};
 

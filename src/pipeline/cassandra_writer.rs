@@ -17,13 +17,12 @@ use futures::StreamExt;
 use metrics::counter;
 use tokio::sync::Semaphore;
 
-use crate::model::batch::Batch;
-use crate::model::order::Reason;
+use crate::model::{Batch, Reason};
 use crate::ops::telemetry;
 use crate::pipeline::dead_letters::{DeadLetter, DeadLetters, PublishDeadLetters};
 use crate::pipeline::olap_aggregator::{BatchWritten, OlapAggregator};
 use crate::pipeline::{ActorFailed, Failure, Halt};
-use crate::stores::cassandra::{CassandraError, CassandraStore};
+use crate::stores::{CassandraError, CassandraStore};
 use tokio_util::task::AbortOnDropHandle;
 
 /// Write this batch.
@@ -83,7 +82,7 @@ impl Handler<Halt> for CassandraWriter {
 /// Inserts one order, retrying everything but a rejection of the data itself.
 async fn insert_with_retry(
     store: &CassandraStore,
-    order: &crate::model::order::Order,
+    order: &crate::model::Order,
     backoff: ExponentialBackoff,
 ) -> Result<(), CassandraError> {
     backoff::future::retry(backoff, || async {
@@ -111,7 +110,7 @@ async fn insert_all(
     permits: Arc<Semaphore>,
     backoff: ExponentialBackoff,
     concurrency: usize,
-    orders: Vec<(usize, crate::model::order::Order)>,
+    orders: Vec<(usize, crate::model::Order)>,
 ) -> Vec<(usize, Result<(), CassandraError>)> {
     futures::stream::iter(orders)
         .then(move |(i, order)| {
@@ -145,7 +144,7 @@ impl Handler<WriteBatch> for CassandraWriter {
         let backoff = self.backoff.clone();
         let work = async move {
             let started = Instant::now();
-            let orders: Vec<(usize, crate::model::order::Order)> = batch
+            let orders: Vec<(usize, crate::model::Order)> = batch
                 .records
                 .iter()
                 .enumerate()

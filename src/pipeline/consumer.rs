@@ -22,13 +22,12 @@ use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use crate::model::batch::{Content, Record};
+use crate::model::{Claim, Content, Record};
 use crate::ops::{telemetry, Health};
 use crate::pipeline::batcher::{Batcher, Ingest};
 use crate::pipeline::olap_aggregator::BatchCommitted;
 use crate::pipeline::{ActorFailed, Failure, Flow, Halt, Remedy};
-use crate::stores::kafka::{AssignmentChange, LedgerContext};
-use crate::stores::olap::{Claim, OlapStore};
+use crate::stores::{AssignmentChange, LedgerContext, OlapStore};
 
 type Client = StreamConsumer<LedgerContext>;
 
@@ -550,7 +549,7 @@ fn admit(
     let (partition, offset) = (message.partition(), message.offset());
     let epoch = lock(gate).admit(partition, offset)?;
     let payload = message.payload().unwrap_or_default();
-    let content = match crate::model::order::decode(payload, max_record_bytes) {
+    let content = match crate::model::decode(payload, max_record_bytes) {
         Ok(order) => Content::Valid(order),
         Err(rejection) => Content::Invalid {
             rejection,

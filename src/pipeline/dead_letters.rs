@@ -15,8 +15,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
-use crate::model::batch::{Content, Record};
-use crate::model::order::Reason;
+use crate::model::{Content, Reason, Record};
 use crate::pipeline::Halt;
 
 /// One record to dead-letter.

@@ -5,8 +5,7 @@
 //! [`Failure::remedy`] decides, in one exhaustive match, whether the data path restarts or the
 //! process stops (docs/DESIGN.md, rule 8).
 
-use crate::stores::cassandra::CassandraError;
-use crate::stores::olap::OlapError;
+use crate::stores::{CassandraError, OlapError};
 
 /// What the supervisor does about a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,22 +6,28 @@
 //! flight: the consumer pauses its partitions when the count reaches the limit, which bounds
 //! every queue behind it (backpressure without blocking the poll loop).
 
-pub mod batcher;
-pub mod cassandra_writer;
-pub mod consumer;
-pub mod dead_letters;
+mod batcher;
+mod cassandra_writer;
+mod consumer;
+mod dead_letters;
 #[cfg(feature = "failpoints")]
-pub mod failpoints;
+mod failpoints;
 mod failure;
-pub mod olap_aggregator;
-pub mod supervisor;
-pub mod watchdog;
+mod olap_aggregator;
+mod supervisor;
+mod watchdog;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix::prelude::*;
 
+pub use dead_letters::DeadLetters;
 pub use failure::{Failure, Remedy};
+pub use olap_aggregator::{
+    AggregatorWiring, BatchCommitted, BatchWritten, NotifyConsumer, OlapAggregator, Rejections,
+};
+pub(crate) use supervisor::instance_name;
+pub use supervisor::{retry_backoff, Drain, Pipeline, Stores};
 
 /// Batches cut but not yet through MySQL.
 #[derive(Debug)]

@@ -18,14 +18,11 @@ use actix::prelude::*;
 use backoff::ExponentialBackoff;
 use metrics::counter;
 
-use crate::model::batch::Batch;
-use crate::model::ledger::ApplyReport;
-use crate::model::order::Reason;
+use crate::model::{ApplyReport, Batch, Reason};
 use crate::ops::{telemetry, Health};
 use crate::pipeline::dead_letters::{DeadLetter, DeadLetters, PublishDeadLetters};
 use crate::pipeline::{ActorFailed, Failure, Flow, Halt};
-use crate::stores::cassandra::CassandraStore;
-use crate::stores::olap::{OlapError, OlapStore};
+use crate::stores::{CassandraStore, OlapError, OlapStore};
 
 /// A batch whose rows are in Cassandra and whose dead letters are acknowledged.
 #[derive(Message)]

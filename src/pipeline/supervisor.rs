@@ -19,8 +19,7 @@ use rdkafka::config::FromClientConfigAndContext;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::model::batch::BatchLimits;
-use crate::model::order::Reason;
+use crate::model::{BatchLimits, Reason};
 use crate::ops::{telemetry, Health};
 use crate::pipeline::batcher::{Batcher, FlushOpen};
 use crate::pipeline::cassandra_writer::CassandraWriter;
@@ -31,9 +30,10 @@ use crate::pipeline::olap_aggregator::{
 };
 use crate::pipeline::watchdog::{Change, PartitionView, RejoinPolicy, Watchdog};
 use crate::pipeline::{ActorFailed, Failure, Flow, Halt, Remedy};
-use crate::stores::cassandra::CassandraStore;
-use crate::stores::kafka::{self, KafkaError, LedgerContext};
-use crate::stores::olap::{OlapError, OlapStore};
+use crate::stores::{
+    consumer_config, partitions, producer_config, CassandraStore, KafkaError, LedgerContext,
+    OlapError, OlapStore,
+};
 
 /// Exit code when the restart budget is spent.
 const EXIT_BUDGET_SPENT: i32 = 3;
@@ -194,7 +194,7 @@ impl Pipeline {
     ) -> Result<Sinks, Failure> {
         let cfg = &self.cfg;
         let backoff = retry_backoff(cfg);
-        let dlq_producer = kafka::producer_config(&cfg.kafka, &format!("{client_id}-dlq"))
+        let dlq_producer = producer_config(&cfg.kafka, &format!("{client_id}-dlq"))
             .create()
             .map_err(|e| Failure::kafka("creating the dead-letter producer", e))?;
         let dead_letters = DeadLetters::new(
@@ -261,7 +261,7 @@ impl Pipeline {
             changes: changes_tx,
         };
         let client = rdkafka::consumer::StreamConsumer::from_config_and_context(
-            &kafka::consumer_config(&cfg.kafka, client_id),
+            &consumer_config(&cfg.kafka, client_id),
             context,
         )
         .map_err(|e| Failure::kafka("creating the consumer", e))?;
@@ -538,7 +538,7 @@ fn watermarks(
     use rdkafka::consumer::Consumer as _;
     let mut bounds = Vec::new();
     let mut last_error = None;
-    for p in kafka::partitions(client, topic, timeout)? {
+    for p in partitions(client, topic, timeout)? {
         match client.fetch_watermarks(topic, p, timeout) {
             Ok(marks) => bounds.push((p, marks)),
             Err(e) => last_error = Some(e),

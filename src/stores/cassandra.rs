@@ -18,7 +18,7 @@ use scylla::statement::Consistency;
 use scylla::value::CqlTimestamp;
 
 use crate::config::CassandraConfig;
-use crate::model::order::{Order, PaymentMethod};
+use crate::model::{Order, PaymentMethod};
 
 const SCHEMA: &str = include_str!("schema/cassandra.cql");
 

@@ -7,10 +7,26 @@
 //! - `topic_reader` — reads a topic back up to given offsets (the audit, the watchdog, tests)
 //! - `schema/`      — the schema files
 
-pub mod cassandra;
-pub mod kafka;
-pub mod olap;
-pub mod topic_reader;
+mod cassandra;
+mod kafka;
+mod olap;
+mod topic_reader;
+
+pub(crate) use cassandra::migrate as migrate_cassandra;
+pub use cassandra::{
+    connect_session as connect_cassandra_session, table_exists as cassandra_table_exists,
+    CassandraError, CassandraStore,
+};
+pub(crate) use kafka::{
+    consumer_config, create_topics, partition_count, partitions, AssignmentChange, LedgerContext,
+};
+pub use kafka::{producer_config, KafkaError};
+pub(crate) use olap::{check_mysql_migrated, with_mysql_migrate_lock};
+pub use olap::{
+    connect_mysql, connect_sqlite, migrate_mysql, migrate_sqlite, OlapError, OlapStore,
+};
+pub(crate) use topic_reader::read_topic_within;
+pub use topic_reader::{read_topic, watermarks, TopicRecord};
 
 /// Splits a schema file into statements: `;`-terminated, `--` comment lines dropped.
 pub(crate) fn split_statements(text: &str) -> Vec<String> {

@@ -29,12 +29,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::ops::{telemetry, Health};
-use crate::pipeline::supervisor::{Drain, Pipeline, Stores};
-use crate::pipeline::Halt;
-use crate::stores::cassandra::CassandraStore;
-use crate::stores::olap::sqlite;
-use crate::stores::olap::OlapStore;
-use crate::stores::{kafka, topic_reader};
+use crate::pipeline::{Drain, Halt, Pipeline, Stores};
+use crate::stores::{
+    connect_sqlite, migrate_sqlite, producer_config, watermarks, CassandraStore, OlapStore,
+};
 use crate::tools::node_lease::LeaseWindow;
 use crate::tools::producer::{OrderProducer, ProducerSettings};
 use crate::tools::reconcile;
@@ -95,7 +93,7 @@ pub async fn run(mut cfg: Config, opts: DemoOptions) -> anyhow::Result<i32> {
         cassandra,
         olap: olap.clone(),
     };
-    let owner = crate::pipeline::supervisor::instance_name();
+    let owner = crate::pipeline::instance_name();
     let pipeline = Pipeline::new(cfg.clone(), stores, health, owner, exit_tx).start();
 
     let (done_tx, mut done_rx) = oneshot::channel();
@@ -155,7 +153,7 @@ fn start_producer(
     done: oneshot::Sender<u64>,
 ) -> anyhow::Result<Addr<OrderProducer>> {
     Ok(OrderProducer::new(ProducerSettings {
-        producer: kafka::producer_config(&cfg.kafka, "orderstream-demo-producer").create()?,
+        producer: producer_config(&cfg.kafka, "orderstream-demo-producer").create()?,
         topic: cfg.kafka.topic.clone(),
         rate_per_sec: opts.rate_per_sec,
         count: cap,
@@ -184,7 +182,7 @@ fn start_kafka(
 async fn start_cassandra(cfg: &mut Config) -> anyhow::Result<Arc<CassandraStore>> {
     let cql = cql_emulator::start_in_process().await?;
     cfg.cassandra.contact_points = vec![cql.to_string()];
-    crate::stores::cassandra::migrate(&cfg.cassandra)
+    crate::stores::migrate_cassandra(&cfg.cassandra)
         .await
         .context("cassandra schema")?;
     Ok(Arc::new(CassandraStore::connect(&cfg.cassandra).await?))
@@ -236,11 +234,11 @@ async fn open_olap(path: Option<&Path>, topic: &str) -> anyhow::Result<OlapStore
             .into());
         }
     }
-    let pool = sqlite::connect(path).await.with_context(|| match path {
+    let pool = connect_sqlite(path).await.with_context(|| match path {
         Some(p) => format!("opening sqlite file {}", p.display()),
         None => "opening the in-memory sqlite database".into(),
     })?;
-    sqlite::migrate(&pool).await?;
+    migrate_sqlite(&pool).await?;
     let olap = OlapStore::Sqlite(pool);
     if let Some(path) = path {
         refuse_foreign_ledger(&olap, topic, path).await?;
@@ -329,7 +327,7 @@ impl Summary {
     async fn lag(&self) -> Option<i64> {
         let (brokers, topic) = (self.cfg.kafka.brokers.clone(), self.cfg.kafka.topic.clone());
         let marks = tokio::task::spawn_blocking(move || {
-            topic_reader::watermarks(&brokers, &topic, Duration::from_secs(5))
+            watermarks(&brokers, &topic, Duration::from_secs(5))
         })
         .await
         .ok()?

@@ -6,8 +6,14 @@
 //! - `simulation` — simulated orders and unique order ids
 //! - `node_lease` — leases of id nodes in MySQL, so concurrent producers never collide
 
-pub mod demo;
-pub mod node_lease;
-pub mod producer;
-pub mod reconcile;
-pub mod simulation;
+mod demo;
+mod node_lease;
+mod producer;
+mod reconcile;
+mod simulation;
+
+pub use demo::{run as run_demo, DemoOptions, DEFAULTS as DEMO_DEFAULTS};
+pub use node_lease::{LeaseError, LeaseKeeper, NodeLease};
+pub use producer::{OrderProducer, ProducerSettings};
+pub use reconcile::{reconcile, Report};
+pub use simulation::OrderGenerator;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{MySqlPool, Row};
 
-use crate::stores::olap::OlapError;
+use crate::stores::OlapError;
 
 /// Nodes in an order id (10 bits).
 const NODES: u16 = 1024;

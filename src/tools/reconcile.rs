@@ -17,11 +17,8 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::model::aggregate::{Deltas, Totals};
-use crate::model::order::{self, Order, Reason};
-use crate::stores::cassandra::CassandraStore;
-use crate::stores::olap::OlapStore;
-use crate::stores::topic_reader::{self, TopicRecord};
+use crate::model::{decode, Deltas, Order, Reason, Totals};
+use crate::stores::{read_topic_within, CassandraStore, OlapStore, TopicRecord};
 
 /// Kafka coordinates of a record.
 pub type Coordinates = (i32, i64);
@@ -79,8 +76,8 @@ pub(crate) const DEFAULT_READ_TIME: Duration = Duration::from_secs(120);
 
 /// Runs the audit against the configured deployment, reading each topic for `read_time` at most.
 pub async fn reconcile(cfg: &Config, read_time: Duration) -> anyhow::Result<Report> {
-    let pool = crate::stores::olap::mysql::connect(&cfg.mysql).await?;
-    crate::stores::olap::mysql::check_migrated(&pool, &cfg.mysql).await?;
+    let pool = crate::stores::connect_mysql(&cfg.mysql).await?;
+    crate::stores::check_mysql_migrated(&pool, &cfg.mysql).await?;
     reconcile_with(cfg, &OlapStore::Mysql(pool), read_time).await
 }
 
@@ -94,9 +91,7 @@ pub(crate) async fn reconcile_with(
     let (mut ledger, stored) = olap.snapshot(&cfg.kafka.topic).await?;
     let read = |topic: String| {
         let brokers = cfg.kafka.brokers.clone();
-        tokio::task::spawn_blocking(move || {
-            topic_reader::read_topic_within(&brokers, &topic, None, read_time)
-        })
+        tokio::task::spawn_blocking(move || read_topic_within(&brokers, &topic, None, read_time))
     };
     let orders = read(cfg.kafka.topic.clone()).await??;
     let dead = read(cfg.kafka.dead_letter_topic.clone()).await??;
@@ -218,7 +213,7 @@ fn account(
     let mut ids_in_topic = BTreeSet::new();
     for r in records {
         let at = (r.partition, r.offset);
-        let decoded = order::decode(&r.payload, max_record_bytes);
+        let decoded = decode(&r.payload, max_record_bytes);
         if let Ok(o) = &decoded {
             ids_in_topic.insert(o.order_id);
         }
@@ -358,7 +353,7 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::order::PaymentMethod;
+    use crate::model::PaymentMethod;
 
     const TOPIC: &str = "orders";
 

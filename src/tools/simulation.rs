@@ -7,7 +7,7 @@
 
 use rand::Rng;
 
-use crate::model::order::{Order, PaymentMethod};
+use crate::model::{Order, PaymentMethod};
 
 const ID_EPOCH_MS: i64 = 1_704_067_200_000; // 2024-01-01T00:00:00Z
 const SEQ_BITS: u32 = 12;
@@ -34,10 +34,6 @@ impl IdGenerator {
             last_ms: (floor_ms - ID_EPOCH_MS - 1).max(-1),
             seq: (1 << SEQ_BITS) - 1,
         }
-    }
-
-    pub fn node(&self) -> u16 {
-        self.node as u16
     }
 
     /// The highest millisecond (Unix) the next id may use, given the clock.
@@ -133,7 +129,7 @@ mod tests {
         let mut reasons = HashSet::new();
         for n in 0..30 {
             let o = g.next(chrono::Utc::now().timestamp_millis(), &mut rng);
-            let err = crate::model::order::decode(&invalid_record(&o, n), 65_536).unwrap_err();
+            let err = crate::model::decode(&invalid_record(&o, n), 65_536).unwrap_err();
             reasons.insert(err.reason.as_str());
         }
         assert_eq!(reasons.len(), 3, "{reasons:?}");
@@ -193,10 +189,7 @@ mod tests {
         let mut rng = rand::rng();
         for _ in 0..1000 {
             let o = g.next(chrono::Utc::now().timestamp_millis(), &mut rng);
-            assert_eq!(
-                crate::model::order::decode(&o.to_json(), 65_536).unwrap(),
-                o
-            );
+            assert_eq!(crate::model::decode(&o.to_json(), 65_536).unwrap(), o);
         }
     }
 }

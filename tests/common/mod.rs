@@ -23,7 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use orderstream::config::Config;
-use orderstream::model::order::Order;
+use orderstream::model::Order;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -532,34 +532,26 @@ impl Env {
     }
 
     pub async fn mysql(&self, partitions: i32) -> sqlx::MySqlPool {
-        orderstream::stores::olap::mysql::connect(&self.config(partitions).mysql)
+        orderstream::stores::connect_mysql(&self.config(partitions).mysql)
             .await
             .unwrap()
     }
 
     /// A migrated OLAP store: this environment's MariaDB database (migrated by `migrate`), or
     /// a fresh SQLite file under the environment's directory.
-    pub async fn olap(
-        &self,
-        partitions: i32,
-        backend: Backend,
-    ) -> orderstream::stores::olap::OlapStore {
+    pub async fn olap(&self, partitions: i32, backend: Backend) -> orderstream::stores::OlapStore {
         match backend {
-            Backend::Mariadb => {
-                orderstream::stores::olap::OlapStore::Mysql(self.mysql(partitions).await)
-            }
+            Backend::Mariadb => orderstream::stores::OlapStore::Mysql(self.mysql(partitions).await),
             Backend::Sqlite => {
                 let path = self
                     .root
                     .path()
                     .join(format!("{}.sqlite", self.names.database));
-                let pool = orderstream::stores::olap::sqlite::connect(Some(&path))
+                let pool = orderstream::stores::connect_sqlite(Some(&path))
                     .await
                     .unwrap();
-                orderstream::stores::olap::sqlite::migrate(&pool)
-                    .await
-                    .unwrap();
-                orderstream::stores::olap::OlapStore::Sqlite(pool)
+                orderstream::stores::migrate_sqlite(&pool).await.unwrap();
+                orderstream::stores::OlapStore::Sqlite(pool)
             }
         }
     }
@@ -574,7 +566,7 @@ pub enum Backend {
     Sqlite,
 }
 
-pub use orderstream::stores::topic_reader::TopicRecord;
+pub use orderstream::stores::TopicRecord;
 
 /// When a test fails, the tails of every log in its root (servers and orderstream processes)
 /// are printed with its output, so that a CI failure can be read without a rerun; with
@@ -654,13 +646,13 @@ impl Env {
 
 /// Every record of a topic from the beginning to its current end.
 pub fn read_topic(brokers: &str, topic: &str) -> Vec<TopicRecord> {
-    orderstream::stores::topic_reader::read_topic(brokers, topic, None, Duration::from_secs(120))
+    orderstream::stores::read_topic(brokers, topic, None, Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("reading {topic}: {e}"))
 }
 
 /// High watermark of every partition of a topic.
 pub fn log_ends(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
-    orderstream::stores::topic_reader::watermarks(brokers, topic, Duration::from_secs(10))
+    orderstream::stores::watermarks(brokers, topic, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("watermarks of {topic}: {e}"))
         .into_iter()
         .map(|(p, (_, high))| (p, high))
@@ -707,7 +699,7 @@ pub fn committed(
 pub fn valid_orders(records: &[TopicRecord]) -> Vec<Order> {
     records
         .iter()
-        .filter_map(|r| orderstream::model::order::decode(&r.payload, 64 * 1024).ok())
+        .filter_map(|r| orderstream::model::decode(&r.payload, 64 * 1024).ok())
         .collect()
 }
 
@@ -729,7 +721,7 @@ where
 
 /// Orders applied so far: the sum of the ledger's positions (0 before the first claim).
 pub async fn applied(pool: &sqlx::MySqlPool, topic: &str) -> i64 {
-    orderstream::stores::olap::OlapStore::Mysql(pool.clone())
+    orderstream::stores::OlapStore::Mysql(pool.clone())
         .read_ledger(topic)
         .await
         .map(|l| l.values().sum())
@@ -807,7 +799,7 @@ pub fn promtool_check(metrics: &str) {
 
 /// The sum of every series of a metric in a scrape.
 pub fn metric_sum(metrics: &str, name: &str) -> f64 {
-    orderstream::ops::telemetry::total(metrics, name)
+    orderstream::ops::metric_total(metrics, name)
 }
 
 /// Waits until the MySQL ledger of the test's topic equals `ends` (partition → log end).
@@ -816,7 +808,7 @@ pub async fn ledger_reaches(pool: &sqlx::MySqlPool, topic: &str, ends: &BTreeMap
         Duration::from_secs(300),
         "the ledger to reach the log end",
         || async {
-            orderstream::stores::olap::OlapStore::Mysql(pool.clone())
+            orderstream::stores::OlapStore::Mysql(pool.clone())
                 .read_ledger(topic)
                 .await
                 .map(|l| &l == ends)
@@ -849,7 +841,7 @@ pub async fn assert_stores_hold(env: &Env, partitions: i32, want: &[Order]) {
     assert_eq!(code, Some(0), "reconcile: {report}");
     assert!(report.contains("verdict: EXACT"), "{report}");
     let cfg = env.config(partitions);
-    let store = orderstream::stores::cassandra::CassandraStore::connect(&cfg.cassandra)
+    let store = orderstream::stores::CassandraStore::connect(&cfg.cassandra)
         .await
         .unwrap();
     let mut stored = store.read_all().await.unwrap();
@@ -862,15 +854,15 @@ pub async fn assert_stores_hold(env: &Env, partitions: i32, want: &[Order]) {
         "cassandra rows differ from the produced orders"
     );
     let pool = env.mysql(partitions).await;
-    let aggregates = orderstream::stores::olap::OlapStore::Mysql(pool.clone())
+    let aggregates = orderstream::stores::OlapStore::Mysql(pool.clone())
         .read_aggregates()
         .await
         .unwrap();
-    let recomputed = orderstream::model::aggregate::Deltas::fold(&want);
+    let recomputed = orderstream::model::Deltas::fold(&want);
     assert_eq!(aggregates.daily, recomputed.daily);
     assert_eq!(aggregates.per_minute, recomputed.per_minute);
     assert_eq!(
-        orderstream::stores::olap::OlapStore::Mysql(pool.clone())
+        orderstream::stores::OlapStore::Mysql(pool.clone())
             .read_ledger(&env.names.topic)
             .await
             .unwrap(),

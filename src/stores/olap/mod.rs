@@ -6,18 +6,23 @@
 //! connect and migrate (`mysql.rs`, `sqlite.rs`). The actors, the supervisor and the audit see
 //! only [`OlapStore`] and [`OlapError`].
 
-pub mod mysql;
+mod mysql;
 mod protocol;
-pub mod sqlite;
+mod sqlite;
+
+pub(crate) use mysql::{
+    check_migrated as check_mysql_migrated, with_migrate_lock as with_mysql_migrate_lock,
+};
+pub use mysql::{connect as connect_mysql, migrate as migrate_mysql};
+pub use sqlite::{connect as connect_sqlite, migrate as migrate_sqlite};
 
 use std::collections::BTreeMap;
 
 use sqlx::{MySql, MySqlPool, Sqlite, SqlitePool};
 
-use crate::model::aggregate::Deltas;
-use crate::model::batch::Batch;
-pub use crate::model::ledger::{ApplyReport, Claim};
-use crate::ops::console::{MinuteRow, SalesFuture, SalesRow, SalesSource};
+use crate::model::{ApplyReport, Claim};
+use crate::model::{Batch, Deltas};
+use crate::ops::{MinuteRow, SalesFuture, SalesRow, SalesSource};
 use protocol::Protocol;
 
 const SEEDS: &str = include_str!("../schema/seeds.sql");

@@ -22,10 +22,10 @@ use sqlx::{
 };
 
 use super::OlapError;
-use crate::model::aggregate::{Deltas, Totals};
-use crate::model::batch::Batch;
-use crate::model::ledger::{fold, plan, ApplyReport, Bisection, Claim, LedgerRow, Plan};
-use crate::ops::console::{MinuteRow, SalesRow};
+use crate::model::{
+    fold, plan, ApplyReport, Batch, Bisection, Claim, Deltas, LedgerRow, Plan, Totals,
+};
+use crate::ops::{MinuteRow, SalesRow};
 
 /// Rows per multi-row upsert statement (5 binds each: under SQLite's 32,766 bind limit and
 /// MySQL's 65,535).
