@@ -6,7 +6,7 @@
 //! invalid records (by source partition and offset); and the pipeline's peak RSS stayed within
 //! the budget.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -105,6 +105,15 @@ impl Chaos {
         assert_eq!(restarts, 0.0, "{fault} is an outage, not a restart");
     }
 
+    /// Asserts that the ledger moves past `from` within the suite's bound (see `common::resumes`).
+    async fn resumes(&self, from: &BTreeMap<i32, i64>, after: &str) -> Duration {
+        common::resumes(&self.env, self.partitions, from, after).await
+    }
+
+    async fn ledger(&self) -> BTreeMap<i32, i64> {
+        common::ledger(&self.env, self.partitions).await
+    }
+
     async fn wait_applied(&self, at_least: i64) {
         let deadline = Instant::now() + Duration::from_secs(300);
         while self.applied_async().await < at_least {
@@ -201,14 +210,23 @@ async fn sigkill_at_five_random_moments_of_a_50k_run() {
     moments.sort();
     let mut run = chaos.run();
     let mut killed_at = Vec::new();
+    let mut resumed_after = Vec::new();
     for moment in moments {
         chaos.wait_applied(moment).await;
         chaos.sample_rss(&run);
         run.kill();
-        killed_at.push(chaos.applied_async().await);
+        let at_kill = chaos.ledger().await;
+        killed_at.push(at_kill.values().sum::<i64>());
+        // Started again at once, as a container's restart policy does.
         run = chaos.run();
+        let took = chaos
+            .resumes(&at_kill, "a SIGKILL and an immediate restart")
+            .await;
+        resumed_after.push(format!("{:.1}", took.as_secs_f64()));
     }
-    println!("FIGURES sigkill: killed at {killed_at:?} of {total} applied");
+    println!(
+        "FIGURES sigkill: killed at {killed_at:?} of {total} applied; resumed after {resumed_after:?} s"
+    );
     chaos.finish(run, "sigkill x5").await;
 }
 
@@ -238,7 +256,11 @@ async fn crashes_in_the_narrow_windows() {
             chaos.applied_async().await
         );
     }
+    let at_crash = chaos.ledger().await;
     let run = chaos.run();
+    chaos
+        .resumes(&at_crash, "the last crash and an immediate restart")
+        .await;
     chaos.finish(run, "narrow windows").await;
 }
 
@@ -255,6 +277,8 @@ async fn mariadb_killed_mid_run_and_restarted_10s_later() {
     );
     tokio::time::sleep(Duration::from_secs(8)).await;
     chaos.env.mariadb.restart();
+    let at_restart = chaos.ledger().await;
+    chaos.resumes(&at_restart, "MariaDB started again").await;
     chaos.wait_applied(chaos.total()).await;
     chaos.assert_no_restarts("MariaDB down");
     chaos.finish(run, "mariadb sigkill + 10 s").await;
@@ -275,8 +299,10 @@ async fn cql_frozen_30s_then_resumed_and_restarted() {
         "readiness drops while Cassandra is frozen"
     );
     tokio::time::sleep(Duration::from_secs(20)).await;
-    let still = chaos.applied_async().await;
+    let ledger_frozen = chaos.ledger().await;
+    let still: i64 = ledger_frozen.values().sum();
     chaos.env.cql.proc.as_ref().unwrap().signal("CONT");
+    chaos.resumes(&ledger_frozen, "the CQL server thawed").await;
     // At most the batches already past Cassandra could commit while it was frozen.
     let in_flight = chaos.env.config(3).pipeline.max_in_flight_batches as i64;
     assert!(
@@ -289,6 +315,10 @@ async fn cql_frozen_30s_then_resumed_and_restarted() {
     let mut old = chaos.env.cql.proc.take().unwrap();
     assert!(old.terminate(Duration::from_secs(30)).is_some());
     chaos.env.cql.restart();
+    let at_restart = chaos.ledger().await;
+    chaos
+        .resumes(&at_restart, "the CQL server started again")
+        .await;
     chaos.wait_applied(chaos.total()).await;
     chaos.assert_no_restarts("the CQL server frozen or restarted");
     chaos.finish(run, "cql frozen 30 s + restarted").await;
@@ -303,6 +333,8 @@ async fn broker_killed_and_restarted_10s_later() {
     chaos.env.broker.proc.as_mut().unwrap().kill();
     tokio::time::sleep(Duration::from_secs(10)).await;
     chaos.env.broker.restart();
+    let at_restart = chaos.ledger().await;
+    chaos.resumes(&at_restart, "the broker started again").await;
     chaos.wait_applied(chaos.total()).await;
     chaos.finish(run, "broker sigkill + 10 s").await;
 }
@@ -333,6 +365,8 @@ async fn broker_frozen_past_the_session_timeout() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     mock.broker_round_trip_time(1, Duration::ZERO).unwrap();
     let thawed = Instant::now();
+    let at_thaw = chaos.ledger().await;
+    chaos.resumes(&at_thaw, "the broker thawed").await;
     chaos.wait_applied(chaos.total()).await;
     let log = std::fs::read_dir(chaos.env.root.path())
         .unwrap()
@@ -353,8 +387,12 @@ async fn broker_frozen_past_the_session_timeout() {
     chaos.finish(run, "broker frozen 10 s (mock cluster)").await;
 }
 
+/// Two instances in one group. `b` is SIGKILLed and started again at once, as a restart policy
+/// does: every partition moves again within the bound. Then `a` freezes past the session
+/// timeout, so its partitions move to `b`; when `a` resumes, whatever it still had in flight is
+/// fenced.
 #[tokio::test(flavor = "multi_thread")]
-async fn two_instances_one_killed_then_one_frozen_while_its_partitions_move() {
+async fn two_instances_one_killed_and_restarted_then_one_frozen_while_its_partitions_move() {
     let _heavy = common::heavy();
     let mut chaos = Chaos::start(4, 40_000).await;
     let second_port = common::free_port();
@@ -363,20 +401,27 @@ async fn two_instances_one_killed_then_one_frozen_while_its_partitions_move() {
     chaos.wait_applied(8_000).await;
     chaos.sample_rss(&b);
     b.kill();
-    chaos.wait_applied(16_000).await;
+    let at_kill = chaos.ledger().await;
+    let b = chaos.run_second(second_port);
+    chaos
+        .resumes(
+            &at_kill,
+            "one of two instances SIGKILLed and restarted at once",
+        )
+        .await;
 
-    // A third instance joins; then `a` freezes past the session timeout, so its partitions
-    // move to `c`. When `a` resumes, whatever it still had in flight is fenced.
-    let third_port = common::free_port();
-    let c = chaos.run_second(third_port);
     chaos.wait_applied(20_000).await;
     a.signal("STOP");
     tokio::time::sleep(Duration::from_secs(12)).await;
     a.signal("CONT");
+    let at_thaw = chaos.ledger().await;
+    chaos.resumes(&at_thaw, "the frozen instance thawed").await;
     chaos.wait_applied(chaos.total()).await;
     chaos.sample_rss(&a);
     assert_eq!(a.terminate(Duration::from_secs(60)), Some(0));
-    chaos.finish(c, "two instances: kill, freeze").await;
+    chaos
+        .finish(b, "two instances: kill and restart, freeze")
+        .await;
 }
 
 /// Backpressure: the CQL server frozen for 60 s under a producer at 5,000 orders/s. Partitions
@@ -419,6 +464,8 @@ async fn memory_stays_bounded_while_cql_is_frozen_under_5000_per_s() {
     let during = chaos.peak_rss;
     chaos.env.cql.proc.as_ref().unwrap().signal("CONT");
     let resumed = Instant::now();
+    let at_thaw = chaos.ledger().await;
+    chaos.resumes(&at_thaw, "the CQL server thawed").await;
     assert!(
         paused_seen > 0.0,
         "partitions paused while Cassandra was frozen"

@@ -15,8 +15,6 @@ use rdkafka::ClientConfig;
 use crate::common::prometheus::Prometheus;
 use crate::common::{self, Env, Names, Proc};
 
-/// The bound on recovery the issue sets: consumption resumes within this time of a kill.
-const RESUME_WITHIN: Duration = Duration::from_secs(90);
 const REPETITIONS: usize = 5;
 
 /// The servers, with the group timeouts and the watchdog at their defaults (session 10 s,
@@ -96,7 +94,7 @@ async fn the_only_instance_sigkilled_and_restarted_at_once_resumes_by_itself() {
         let at_kill = applied(&env, PARTITIONS).await;
         run = env.spawn(PARTITIONS, &["run", "--set", "pipeline.max_orders=500"]);
         let resumed = within(
-            RESUME_WITHIN,
+            common::RESUME_WITHIN,
             "consumption to resume after the kill",
             || async { applied(&env, PARTITIONS).await > at_kill },
         )
@@ -178,7 +176,7 @@ async fn two_instances_one_sigkilled_the_survivor_takes_every_partition() {
         produced += 5_000;
         let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
         let recovered = within(
-            RESUME_WITHIN,
+            common::RESUME_WITHIN,
             "the survivor to drain every partition",
             || {
                 let ends = ends.clone();

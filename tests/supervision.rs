@@ -66,7 +66,9 @@ async fn a_spent_restart_budget_exits_3_naming_the_actor_and_its_error() {
         .execute(&pool)
         .await
         .unwrap();
+    let at_exit = common::ledger(&env, PARTITIONS).await;
     let mut run = env.spawn(PARTITIONS, &["run"]);
+    common::resumes(&env, PARTITIONS, &at_exit, "the cause fixed and a restart").await;
     let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
     common::ledger_reaches(&pool, &env.names.topic, &ends).await;
     assert_eq!(run.terminate(Duration::from_secs(30)), Some(0));
@@ -95,7 +97,16 @@ async fn a_panic_in_an_actor_exits_the_process() {
     );
 
     let pool = env.mysql(PARTITIONS).await;
+    let at_exit = common::ledger(&env, PARTITIONS).await;
+    // Started again at once, as a container's restart policy does.
     let mut again = env.spawn(PARTITIONS, &["run"]);
+    common::resumes(
+        &env,
+        PARTITIONS,
+        &at_exit,
+        "a panic and an immediate restart",
+    )
+    .await;
     let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
     common::ledger_reaches(&pool, &env.names.topic, &ends).await;
     assert_eq!(again.terminate(Duration::from_secs(30)), Some(0));

@@ -719,6 +719,59 @@ where
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+/// How soon progress must resume once a fault ends (a killed process started again at once, as
+/// a restart policy does; a server back; a freeze over): the bound every fault test asserts.
+pub const RESUME_WITHIN: Duration = Duration::from_secs(90);
+
+/// The ledger of the test's topic: partition → next offset to apply (absent before a claim).
+pub async fn ledger(env: &Env, partitions: i32) -> BTreeMap<i32, i64> {
+    orderstream::stores::OlapStore::Mysql(env.mysql(partitions).await)
+        .read_ledger(&env.names.topic)
+        .await
+        .unwrap_or_default()
+}
+
+/// Waits until every partition's ledger position moves past where it was in `from` (or reaches
+/// the log end, when nothing was left there): no partition may sit idle. Returns how long that
+/// took, or panics after [`RESUME_WITHIN`] naming `after` and the idle partitions.
+pub async fn resumes(
+    env: &Env,
+    partitions: i32,
+    from: &BTreeMap<i32, i64>,
+    after: &str,
+) -> Duration {
+    let started = Instant::now();
+    let ends = log_ends(&env.broker.addr(), &env.names.topic);
+    let idle = |now: &BTreeMap<i32, i64>| -> Vec<i32> {
+        ends.iter()
+            .filter(|(p, end)| {
+                let at = now.get(p).copied().unwrap_or(0);
+                at < **end && at <= from.get(p).copied().unwrap_or(0)
+            })
+            .map(|(p, _)| *p)
+            .collect()
+    };
+    loop {
+        let still_idle = idle(&ledger(env, partitions).await);
+        if still_idle.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < RESUME_WITHIN,
+            "after {after}, partitions {still_idle:?} made no progress within {RESUME_WITHIN:?} \
+             (ledger was {from:?}, log ends {ends:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = started.elapsed();
+    println!(
+        "FIGURES resume after {after}: every partition moved within {:.1} s (bound {} s)",
+        took.as_secs_f64(),
+        RESUME_WITHIN.as_secs()
+    );
+    took
+}
+
 /// Orders applied so far: the sum of the ledger's positions (0 before the first claim).
 pub async fn applied(pool: &sqlx::MySqlPool, topic: &str) -> i64 {
     orderstream::stores::OlapStore::Mysql(pool.clone())
