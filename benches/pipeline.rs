@@ -19,8 +19,16 @@
 //! - the bare consumer, the whole-backlog inserts and the drain run three rounds in turn, and the
 //!   table gives their medians (each round's figure beside it); every measurement that writes
 //!   to CQL starts on an empty emulator (it keeps all rows in memory and slows as it fills);
-//! - end-to-end latency p50/p99 at a steady 5,000 orders/s (order created → MySQL commit),
-//!   interpolated from the pipeline's own histogram as Prometheus' histogram_quantile does.
+//! - the latency–throughput curve (`pipeline/curve.rs`): at steady rates of 100, 1,000, 5,000
+//!   and 20,000 orders/s and up a ladder to the highest rate the pipeline sustains, p50/p99/p99.9
+//!   of the pipeline (order created → its offset applied in the MySQL ledger, exact per-order
+//!   samples) and of the broker alone (created → read by a bare consumer), with the pipeline's
+//!   own histogram beside them; drawn as an SVG (ORDERSTREAM_BENCH_CHART, default
+//!   docs/latency-curve.svg);
+//! - with ORDERSTREAM_BENCH_BEFORE_BIN=<another build of orderstream>, each round also drains
+//!   with that binary, the two alternating, and the table compares their medians;
+//! - ORDERSTREAM_BENCH_REDRAW=<a saved standard output of this benchmark> only draws the chart
+//!   again from that run's curve tables.
 //! - the CPU floor: each part of the job measured alone (the bare consumer with the broker, the
 //!   driver with the emulator, the ledger with MariaDB) costs some CPU per order over every
 //!   process involved; their sum is what the machine spends on an order whatever program does
@@ -43,6 +51,8 @@
 #[path = "../tests/common/mod.rs"]
 #[allow(dead_code, clippy::all)]
 mod common;
+#[path = "pipeline/curve.rs"]
+mod curve;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -79,8 +89,6 @@ const ROUNDS: usize = 3;
 const CQL_PROBE: usize = 50_000;
 /// Orders through the sequential baseline (one request at a time is slow).
 const BASELINE_ORDERS: u64 = 50_000;
-const LATENCY_RATE: u32 = 5_000;
-const LATENCY_ORDERS: u64 = 150_000;
 /// The largest backlog measured on the mock cluster (see `main`).
 /// The mock cluster keeps at most 5 MiB per partition (rdkafka_mock.c) and drops the oldest
 /// records beyond it: 16,000 orders (about 3.7 MiB) per partition leave room.
@@ -120,9 +128,12 @@ struct Figures {
     peak_rss_mib: f64,
     /// CPU used during the median drain, in % of one core: (process, share).
     drain_cpu: Vec<(&'static str, f64)>,
-    latency: Latency,
-    /// The broker alone at the same rate: order created → read by a bare consumer.
-    broker_latency: Latency,
+    /// The latency–throughput curve.
+    curve: Vec<curve::Point>,
+    /// (drain rate, peak RSS MiB) of each round with ORDERSTREAM_BENCH_BEFORE_BIN.
+    before_rounds: Vec<(f64, f64)>,
+    /// Peak RSS of each of this build's drains, MiB.
+    rss_rounds: Vec<f64>,
 }
 
 impl Figures {
@@ -145,6 +156,16 @@ impl Figures {
 }
 
 fn main() {
+    if let Ok(table) = std::env::var("ORDERSTREAM_BENCH_REDRAW") {
+        let text = std::fs::read_to_string(&table).unwrap();
+        let curves = curve::from_table(&text);
+        let curves: Vec<(&str, &[curve::Point])> = curves
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.as_slice()))
+            .collect();
+        curve::draw(std::path::Path::new(&chart_path()), &curves).unwrap();
+        return;
+    }
     let orders = env_number("ORDERSTREAM_BENCH_ORDERS").unwrap_or(1_000_000);
     let which = std::env::var("ORDERSTREAM_BENCH_BROKERS").unwrap_or_else(|_| "tansu,mock".into());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -253,7 +274,7 @@ async fn measure(
     f.produced_per_s = orders as f64 / started.elapsed().as_secs_f64();
     eprintln!("backlog of {orders} published at {:.0}/s", f.produced_per_s);
     if env_number("ORDERSTREAM_BENCH_LATENCY_ONLY").is_some() {
-        latency_rows(&mut env, mock, &mut f).await;
+        f.curve = curve::curve(&mut env, mock).await;
         return f;
     }
     // A development knob: only the pipeline's drain, N times (for comparing changes quickly).
@@ -299,8 +320,33 @@ async fn measure(
         }
         renew(&mut env, mock, true);
         cql_rounds.push(cql_whole_backlog(&env, &rows, f.cql_best_concurrency).await);
-        renew(&mut env, mock, true);
-        drain_rounds.push(pipeline_drain(&env, orders).await);
+        // This build and the one before it (when given) in alternating order, so that a drift of
+        // the machine during the round favours neither.
+        let before = std::env::var_os("ORDERSTREAM_BENCH_BEFORE_BIN").map(std::path::PathBuf::from);
+        let this = env.bin.clone();
+        let order: Vec<Option<std::path::PathBuf>> = match (&before, round % 2) {
+            (None, _) => vec![None],
+            (Some(b), 0) => vec![None, Some(b.clone())],
+            (Some(b), _) => vec![Some(b.clone()), None],
+        };
+        for bin in order {
+            renew(&mut env, mock, true);
+            env.bin = bin.clone().unwrap_or_else(|| this.clone());
+            let drain = pipeline_drain(&env, orders).await;
+            env.bin = this.clone();
+            match bin {
+                Some(_) => {
+                    eprintln!(
+                        "round {}: the build before: {:.0}/s, peak RSS {:.1} MiB",
+                        round + 1,
+                        drain.0,
+                        drain.1
+                    );
+                    f.before_rounds.push((drain.0, drain.1));
+                }
+                None => drain_rounds.push(drain),
+            }
+        }
         let (cql, drain) = (cql_rounds[round], &drain_rounds[round]);
         eprintln!(
             "round {}: bare consumer {:.0}/s, raw cql {:.0}/s ({:.1} µs CPU each), \
@@ -324,6 +370,7 @@ async fn measure(
     f.pipeline = drain.0;
     f.drain_cpu = drain.2.clone();
     f.peak_rss_mib = drain_rounds.iter().map(|d| d.1).fold(0.0, f64::max);
+    f.rss_rounds = drain_rounds.iter().map(|d| d.1).collect();
     let sample = &rows[..SAMPLE.min(rows.len())];
 
     // Raw: MySQL ledger transactions, sequential as the aggregator runs them.
@@ -364,31 +411,8 @@ async fn measure(
         f.loop_concurrent, f.loop_cpu_us
     );
 
-    latency_rows(&mut env, mock, &mut f).await;
+    f.curve = curve::curve(&mut env, mock).await;
     f
-}
-
-/// The latency rows, each on a new topic.
-async fn latency_rows(
-    env: &mut Env,
-    mock: Option<&MockCluster<'_, rdkafka::producer::DefaultProducerContext>>,
-    f: &mut Figures,
-) {
-    // The broker's own latency at that rate, on a new topic: what the pipeline cannot beat.
-    renew(env, mock, false);
-    f.broker_latency = broker_latency(env).await;
-    eprintln!(
-        "broker alone at {LATENCY_RATE}/s: p50 {:.0} ms, p99 {:.0} ms (whole run {:.0} ms)",
-        f.broker_latency.p50, f.broker_latency.p99, f.broker_latency.p99_all
-    );
-
-    // Latency at a steady rate, on a new topic.
-    renew(env, mock, false);
-    f.latency = latency(env).await;
-    eprintln!(
-        "latency at {LATENCY_RATE}/s: p50 {:.0} ms, p99 {:.0} ms (whole run {:.0} ms)",
-        f.latency.p50, f.latency.p99, f.latency.p99_all
-    );
 }
 
 /// A consumer outside any group, assigned every partition of `topic` from its start, with the
@@ -744,162 +768,6 @@ async fn pipeline_drain(env: &Env, orders: u64) -> (f64, f64, Vec<(&'static str,
     (rate, rss, cpu)
 }
 
-/// Latency quantiles in ms: p50 and p99 in the steady state (after WARMUP), and p99 over the
-/// whole run, start-up included.
-#[derive(Default, Clone, Copy)]
-struct Latency {
-    p50: f64,
-    p99: f64,
-    p99_all: f64,
-}
-
-/// The first seconds of a run at a steady rate: the producer's and the clients' start-up. The
-/// orders created then wait for connections and the idempotent producer's id (with tansu, up to
-/// 1.3 s: a per-second breakdown showed every order over 0.5 s in the first second, and none
-/// over 0.13 s after it). The targets are about the steady state; the whole run is shown too.
-const WARMUP: Duration = Duration::from_secs(5);
-
-/// End-to-end latency (order created → MySQL commit) at LATENCY_RATE orders/s, from the
-/// pipeline's own histogram: the steady state is the difference of two scrapes, as Prometheus'
-/// `histogram_quantile(rate(...))` sees it.
-async fn latency(env: &Env) -> Latency {
-    let pool = env.mysql(partitions()).await;
-    let mut run = env.spawn(partitions(), &["run"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while common::http_status(env.http_port, "/readyz") != Some(200) {
-        assert!(
-            Instant::now() < deadline,
-            "the pipeline did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut producer = env.spawn(
-        partitions(),
-        &[
-            "produce",
-            "--count",
-            &LATENCY_ORDERS.to_string(),
-            "--rate",
-            &LATENCY_RATE.to_string(),
-        ],
-    );
-    tokio::time::sleep(WARMUP).await;
-    let name = "orderstream_pipeline_end_to_end_latency_seconds";
-    let warm = histogram(&common::scrape(env.http_port), name);
-    assert_eq!(producer.wait(Duration::from_secs(600)), Some(0), "produce");
-    while common::applied(&pool, &env.names.topic).await < LATENCY_ORDERS as i64 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let all = histogram(&common::scrape(env.http_port), name);
-    assert_eq!(run.terminate(Duration::from_secs(60)), Some(0));
-    let steady: Vec<(f64, f64)> = all
-        .iter()
-        .map(|&(le, count)| {
-            let before = warm.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
-            (le, count - before)
-        })
-        .collect();
-    Latency {
-        p50: quantile(&steady, 0.5) * 1000.0,
-        p99: quantile(&steady, 0.99) * 1000.0,
-        p99_all: quantile(&all, 0.99) * 1000.0,
-    }
-}
-
-/// Latency (ms) from an order's creation to a bare consumer reading it, with the producer at
-/// LATENCY_RATE: the broker's share of the end-to-end latency.
-async fn broker_latency(env: &Env) -> Latency {
-    const COUNT: u64 = 50_000;
-    let mut producer = env.spawn(
-        partitions(),
-        &[
-            "produce",
-            "--count",
-            &COUNT.to_string(),
-            "--rate",
-            &LATENCY_RATE.to_string(),
-        ],
-    );
-    let (brokers, topic) = (env.broker.addr(), env.names.topic.clone());
-    // (created at, delay) of every order, in ms.
-    let mut delays: Vec<(i64, f64)> = tokio::task::spawn_blocking(move || {
-        let consumer = bare_consumer_from_start(&brokers, &topic, "bench-broker-latency");
-        let mut delays = Vec::with_capacity(COUNT as usize);
-        while (delays.len() as u64) < COUNT {
-            match consumer.poll(Duration::from_secs(30)) {
-                Some(Ok(m)) => {
-                    let now = chrono::Utc::now().timestamp_millis();
-                    if let Ok(o) = decode(m.payload().unwrap_or_default(), MAX_RECORD_BYTES) {
-                        delays.push((o.created_at_ms, (now - o.created_at_ms) as f64));
-                    }
-                }
-                Some(Err(e)) => panic!("broker latency consumer: {e}"),
-                None => panic!("broker latency consumer: nothing for 30 s"),
-            }
-        }
-        delays
-    })
-    .await
-    .unwrap();
-    assert_eq!(producer.wait(Duration::from_secs(120)), Some(0));
-    let first = delays.iter().map(|d| d.0).min().unwrap_or(0);
-    let warm_ms = WARMUP.as_millis() as i64;
-    let mut steady: Vec<f64> = delays
-        .iter()
-        .filter(|d| d.0 >= first + warm_ms)
-        .map(|d| d.1)
-        .collect();
-    let mut all: Vec<f64> = delays.drain(..).map(|d| d.1).collect();
-    steady.sort_by(f64::total_cmp);
-    all.sort_by(f64::total_cmp);
-    let at = |v: &[f64], q: f64| v[((v.len() as f64 - 1.0) * q) as usize];
-    Latency {
-        p50: at(&steady, 0.5),
-        p99: at(&steady, 0.99),
-        p99_all: at(&all, 0.99),
-    }
-}
-
-/// (upper bound, cumulative count) of a histogram's buckets, +Inf last.
-fn histogram(metrics: &str, name: &str) -> Vec<(f64, f64)> {
-    let prefix = format!("{name}_bucket{{le=\"");
-    metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix(&prefix))
-        .filter_map(|rest| {
-            let (le, value) = rest.split_once("\"}")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, value.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-/// Linear interpolation inside the bucket, as Prometheus' histogram_quantile does.
-fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
-    let total = buckets.last().map_or(0.0, |b| b.1);
-    let rank = q * total;
-    let mut previous = (0.0, 0.0);
-    for &(le, count) in buckets {
-        if count >= rank {
-            if le.is_infinite() {
-                return previous.0;
-            }
-            let within = if count > previous.1 {
-                (rank - previous.1) / (count - previous.1)
-            } else {
-                0.0
-            };
-            return previous.0 + (le - previous.0) * within;
-        }
-        previous = (le, count);
-    }
-    f64::NAN
-}
-
 fn print_table(columns: &[(&str, Figures)]) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -1015,35 +883,6 @@ fn print_table(columns: &[(&str, Figures)]) {
         },
     );
     row(
-        &format!(
-            "end-to-end latency p50 / p99 at {LATENCY_RATE}/s, steady state (target p99 < 1 s)"
-        ),
-        &|f| format!("{:.0} ms / {:.0} ms", f.latency.p50, f.latency.p99),
-    );
-    row(
-        &format!(
-            "raw: the broker alone, created → read, p50 / p99 at {LATENCY_RATE}/s, steady state"
-        ),
-        &|f| {
-            format!(
-                "{:.0} ms / {:.0} ms",
-                f.broker_latency.p50, f.broker_latency.p99
-            )
-        },
-    );
-    row(
-        &format!(
-            "p99 over the whole run, the first {} s of start-up included: pipeline / broker alone",
-            WARMUP.as_secs()
-        ),
-        &|f| {
-            format!(
-                "{:.0} ms / {:.0} ms",
-                f.latency.p99_all, f.broker_latency.p99_all
-            )
-        },
-    );
-    row(
         "CPU per order, µs: the raw CQL inserts alone (driver + emulator) / the loop with concurrent inserts / the pipeline's drain (every process)",
         &|f| {
             let drain: f64 = f.drain_cpu.iter().map(|(_, s)| s).sum();
@@ -1074,4 +913,127 @@ fn print_table(columns: &[(&str, Figures)]) {
             format!("{} = {total:.0}%", parts.join(" + "))
         },
     );
+    if columns.iter().any(|(_, f)| !f.before_rounds.is_empty()) {
+        row(
+            "the build before (ORDERSTREAM_BENCH_BEFORE_BIN), alternated with this one: drain median (rounds)",
+            &|f| {
+                let rates: Vec<f64> = f.before_rounds.iter().map(|r| r.0).collect();
+                format!("{} ({})", per_s(median(&rates)), rounds(&rates))
+            },
+        );
+        row("drain median: this build ÷ the build before", &|f| {
+            let rates: Vec<f64> = f.before_rounds.iter().map(|r| r.0).collect();
+            format!("{:.2}×", f.pipeline / median(&rates))
+        });
+        row(
+            "peak RSS median of the drains: this build / the build before",
+            &|f| {
+                let before: Vec<f64> = f.before_rounds.iter().map(|r| r.1).collect();
+                format!(
+                    "{:.1} MiB / {:.1} MiB",
+                    median(&f.rss_rounds),
+                    median(&before)
+                )
+            },
+        );
+    }
+    print_curves(columns);
+}
+
+/// The latency–throughput curve of each broker, the targets on it, and the chart.
+fn print_curves(columns: &[(&str, Figures)]) {
+    for (name, f) in columns {
+        println!();
+        println!(
+            "Latency at a steady rate, {name}: ms, steady state (the first {} s left out); \
+             pipeline = order created → its offset applied in the MySQL ledger (polled every 5 ms), \
+             broker alone = created → read by a bare consumer.",
+            curve::WARMUP.as_secs()
+        );
+        println!();
+        println!(
+            "| orders/s | produced at | orders measured | pipeline p50 / p99 / p99.9 (exact) | pipeline, its histogram | \
+             broker alone p50 / p99 / p99.9 | pipeline p99 − broker p99 | whole run p99 | caught up after | sustained: pipeline / broker |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        for p in &f.curve {
+            println!(
+                "| {} | {:.0}/s | {} | {} | {} | {} | {:+.0} | {:.0} | {:.2} s | {} / {} |",
+                p.rate,
+                p.produced,
+                p.pipeline.samples,
+                p.pipeline.cell(),
+                p.histogram.cell(),
+                p.broker.cell(),
+                p.pipeline.p99 - p.broker.p99,
+                p.pipeline_p99_all,
+                p.catch_up.as_secs_f64(),
+                yes_no(p.pipeline_sustains()),
+                yes_no(p.broker_sustains())
+            );
+        }
+        println!();
+        print_targets(name, f);
+    }
+    let chart = chart_path();
+    let curves: Vec<(&str, &[curve::Point])> = columns
+        .iter()
+        .map(|(name, f)| (*name, f.curve.as_slice()))
+        .collect();
+    match curve::draw(std::path::Path::new(&chart), &curves) {
+        Ok(()) => println!("\nThe curve: {chart}"),
+        Err(e) => eprintln!("drawing {chart}: {e}"),
+    }
+}
+
+/// Where the curve is drawn: ORDERSTREAM_BENCH_CHART, or docs/latency-curve.svg.
+fn chart_path() -> String {
+    std::env::var("ORDERSTREAM_BENCH_CHART")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/docs/latency-curve.svg").into())
+}
+
+fn yes_no(v: bool) -> &'static str {
+    if v {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// The issue's latency targets, each with its figures and whether this run met it.
+fn print_targets(name: &str, f: &Figures) {
+    let at = |rate: u32| f.curve.iter().find(|p| p.rate == rate);
+    let met = |ok: bool| if ok { "met" } else { "**missed**" };
+    for rate in [100, 5_000] {
+        if let Some(p) = at(rate) {
+            let bound = p.broker.p99 + 100.0;
+            println!(
+                "- {name}, {rate}/s: pipeline p99 {:.0} ms ≤ broker-alone p99 {:.0} + 100 ms = {bound:.0} ms: {}",
+                p.pipeline.p99,
+                p.broker.p99,
+                met(p.pipeline.p99 <= bound)
+            );
+        }
+    }
+    if let Some(p) = at(20_000) {
+        if p.broker_sustains() {
+            println!(
+                "- {name}, 20000/s: pipeline p99 {:.0} ms < 500 ms: {}",
+                p.pipeline.p99,
+                met(p.pipeline.p99 < 500.0)
+            );
+        } else {
+            println!(
+                "- {name}, 20000/s: the broker alone does not sustain it (produced at {:.0}/s, p99 {:.0} ms); pipeline p99 {:.0} ms",
+                p.broker_produced, p.broker.p99, p.pipeline.p99
+            );
+        }
+    }
+    match curve::highest_sustained(&f.curve) {
+        Some(p) => println!(
+            "- {name}: the highest rate sustained {} orders/s (p99 {:.0} ms); drain throughput {:.0}/s",
+            p.rate, p.pipeline.p99, f.pipeline
+        ),
+        None => println!("- {name}: no rate of the curve was sustained"),
+    }
 }

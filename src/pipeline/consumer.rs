@@ -505,10 +505,25 @@ async fn poll_loop(
             continue;
         }
         counter!(telemetry::CONSUMER_RECORDS).increment(records.len() as u64);
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let now = chrono::Utc::now().timestamp_millis();
+            let ages: Vec<i64> = records
+                .iter()
+                .filter_map(|r| r.order().map(|o| now - o.created_at_ms))
+                .collect();
+            tracing::trace!(
+                records = records.len(),
+                oldest_ms = ages.iter().max().copied().unwrap_or(0),
+                newest_ms = ages.iter().min().copied().unwrap_or(0),
+                "polled"
+            );
+        }
+        let handed = std::time::Instant::now();
         batcher
             .send(Ingest(records))
             .await
             .map_err(|e| Failure::gone("batcher", e))?;
+        tracing::trace!(send_us = handed.elapsed().as_micros() as u64, "handed over");
     }
     Ok(())
 }

@@ -102,10 +102,20 @@ impl OlapAggregator {
         let rejections = self.rejections.clone();
         let topic = self.topic.clone();
         let backoff = self.backoff.clone();
+        let (seq, records, opened_at) = (batch.seq, batch.records.len(), batch.opened_at);
         let work = async move {
             let started = Instant::now();
             let report = apply(&store, &rejections, &topic, batch, backoff).await;
             telemetry::seconds(telemetry::MYSQL_LATENCY, started.elapsed());
+            // Where a batch's time went, for latency work: opened → its turn in MySQL (linger,
+            // the Cassandra leg and the queues) and the transaction itself.
+            tracing::debug!(
+                seq,
+                records,
+                before_mysql_ms = started.duration_since(opened_at).as_millis() as u64,
+                mysql_ms = started.elapsed().as_millis() as u64,
+                "batch applied"
+            );
             report
         };
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {

@@ -359,6 +359,9 @@ pub struct Env {
     /// The test stops or disturbs the CQL server, so the driver's ERROR lines are expected;
     /// otherwise any ERROR line from the driver fails the test (see `Drop`).
     pub driver_errors_expected: bool,
+    /// The `orderstream` binary the harness starts: this build's, or another build to compare
+    /// with (the benchmark's before/after drains).
+    pub bin: PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -407,6 +410,7 @@ impl Env {
             root,
             extra_vars: Vec::new(),
             driver_errors_expected: false,
+            bin: PathBuf::from(BIN),
         }
     }
 
@@ -483,7 +487,7 @@ impl Env {
         extra: &[(&str, &str)],
     ) -> Proc {
         let file = std::fs::File::create(log).unwrap();
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(&self.bin);
         // The binary's own default log filter, as users run it, unless a test run asks for
         // another with ORDERSTREAM_TEST_LOG.
         match std::env::var("ORDERSTREAM_TEST_LOG") {
