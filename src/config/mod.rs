@@ -5,12 +5,17 @@
 //! the reference documentation; `orderstream config` prints the effective result with secrets
 //! redacted. A bad value stops startup with a message naming the key.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+mod librdkafka;
+mod secrets;
 mod validate;
+
+pub(crate) use librdkafka::security_properties;
 
 /// Errors found while loading or validating the configuration. Each names the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +122,44 @@ pub struct KafkaConfig {
     /// librdkafka debug contexts for the pipeline's consumer (e.g. "cgrp,fetch"), logged at
     /// debug level under the `librdkafka` target; empty for none.
     pub debug: String,
+    /// How the clients reach the brokers: `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`
+    /// (librdkafka's `security.protocol`).
+    pub security_protocol: String,
+    /// PEM file of the certificate authorities that sign the brokers' certificates
+    /// (`ssl.ca.location`); empty: the system's trust store.
+    pub ssl_ca_file: String,
+    /// Client certificate (PEM), for brokers that authenticate clients by certificate; give
+    /// `ssl_key_file` with it.
+    pub ssl_certificate_file: String,
+    /// Private key (PEM) of `ssl_certificate_file`.
+    pub ssl_key_file: String,
+    /// Password of `ssl_key_file`, when the key is encrypted.
+    pub ssl_key_password: Secret,
+    /// A file holding `ssl_key_password` (a Docker or Kubernetes secret), read at startup.
+    pub ssl_key_password_file: String,
+    /// Check that a broker's certificate names the host it was reached at. Off only for test
+    /// clusters whose certificates name no host.
+    pub ssl_verify_hostname: bool,
+    /// SASL mechanism of the `sasl_*` protocols: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub sasl_mechanism: String,
+    /// SASL user name.
+    pub sasl_username: String,
+    /// SASL password.
+    pub sasl_password: Secret,
+    /// A file holding `sasl_password`, read at startup.
+    pub sasl_password_file: String,
+    /// Any other librdkafka property, applied to every client (the consumer, the producers, the
+    /// admin and metadata clients), e.g. `"socket.keepalive.enable" = "true"`; in the
+    /// environment or `--set`, `_` stands for `.` in the property's name
+    /// (`ORDERSTREAM__KAFKA__LIBRDKAFKA_OPTIONS__SOCKET_KEEPALIVE_ENABLE=true`). Properties the
+    /// pipeline sets itself (the group, commits, offsets, isolation, assignment, idempotence,
+    /// the security settings above) are refused with their name; librdkafka checks the rest at
+    /// startup.
+    #[serde(
+        deserialize_with = "librdkafka::options",
+        serialize_with = "librdkafka::redacted"
+    )]
+    pub librdkafka_options: BTreeMap<String, String>,
 }
 
 impl KafkaConfig {
@@ -144,6 +187,18 @@ impl Default for KafkaConfig {
             producer_queue_max_kbytes: 16_384,
             request_timeout_ms: 10_000,
             debug: String::new(),
+            security_protocol: "plaintext".into(),
+            ssl_ca_file: String::new(),
+            ssl_certificate_file: String::new(),
+            ssl_key_file: String::new(),
+            ssl_key_password: Secret::default(),
+            ssl_key_password_file: String::new(),
+            ssl_verify_hostname: true,
+            sasl_mechanism: String::new(),
+            sasl_username: String::new(),
+            sasl_password: Secret::default(),
+            sasl_password_file: String::new(),
+            librdkafka_options: BTreeMap::new(),
         }
     }
 }
@@ -172,6 +227,8 @@ pub struct CassandraConfig {
     pub user: String,
     /// Optional password.
     pub password: Secret,
+    /// A file holding `password` (a Docker or Kubernetes secret), read at startup.
+    pub password_file: String,
 }
 
 impl Default for CassandraConfig {
@@ -186,6 +243,7 @@ impl Default for CassandraConfig {
             await_schema_agreement: true,
             user: String::new(),
             password: Secret::default(),
+            password_file: String::new(),
         }
     }
 }
@@ -202,6 +260,8 @@ pub struct MysqlConfig {
     pub user: String,
     /// Password of `user`.
     pub password: Secret,
+    /// A file holding `password` (a Docker or Kubernetes secret), read at startup.
+    pub password_file: String,
     /// Database holding the aggregates, the ledger and the views.
     pub database: String,
     /// Connections in the pool.
@@ -217,6 +277,7 @@ impl Default for MysqlConfig {
             port: 3306,
             user: "orderstream".into(),
             password: Secret::default(),
+            password_file: String::new(),
             database: "sales".into(),
             max_connections: 4,
             timeout_ms: 10_000,
@@ -412,8 +473,9 @@ impl Config {
         for (key, value) in overrides {
             set(&mut table, key, value, key)?;
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| invalid(&e.path().to_string(), e.inner().to_string()))?;
+        secrets::read_secret_files(&mut config)?;
         config.validate()?;
         Ok(config)
     }

@@ -53,7 +53,7 @@ impl KafkaConfig {
             100,
             3_600_000,
         )?;
-        Ok(())
+        self.validate_security()
     }
 }
 

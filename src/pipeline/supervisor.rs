@@ -383,8 +383,7 @@ impl Pipeline {
         let metadata = match &self.metadata {
             Some(m) => m.clone(),
             None => {
-                let client = rdkafka::ClientConfig::new()
-                    .set("bootstrap.servers", &self.cfg.kafka.brokers)
+                let client = client_config(&self.cfg.kafka)
                     .set("client.id", format!("{}-watchdog", self.owner))
                     .create::<rdkafka::consumer::BaseConsumer>();
                 match client {

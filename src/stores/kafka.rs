@@ -39,11 +39,24 @@ pub enum KafkaError {
     },
 }
 
+/// What every client shares: the brokers, the security settings (TLS, SASL) and the
+/// pass-through librdkafka properties.
+pub(crate) fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    for (name, value) in crate::config::security_properties(cfg) {
+        c.set(name, value);
+    }
+    for (name, value) in &cfg.librdkafka_options {
+        c.set(name, value);
+    }
+    c
+}
+
 /// Settings of the pipeline's consumer.
 pub(crate) fn consumer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.brokers)
-        .set("group.id", &cfg.group_id)
+    let mut c = client_config(cfg);
+    c.set("group.id", &cfg.group_id)
         .set("client.id", client_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -80,9 +93,8 @@ pub(crate) fn consumer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfi
 
 /// Settings of the order producer and the dead-letter publisher.
 pub fn producer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.brokers)
-        .set("client.id", client_id)
+    let mut c = client_config(cfg);
+    c.set("client.id", client_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
@@ -96,9 +108,7 @@ pub fn producer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
 }
 
 fn admin(cfg: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", &cfg.brokers)
-        .create()?)
+    Ok(client_config(cfg).create()?)
 }
 
 /// Creates the orders and dead-letter topics when missing. Safe to repeat and to race.
@@ -165,9 +175,7 @@ pub(crate) async fn create_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
 async fn wait_for_broker(cfg: &KafkaConfig) -> Result<(), KafkaError> {
     let started = std::time::Instant::now();
     let budget = Duration::from_millis(u64::from(cfg.request_timeout_ms)) * 6;
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &cfg.brokers)
-        .create()?;
+    let client: BaseConsumer = client_config(cfg).create()?;
     let client = std::sync::Arc::new(client);
     let attempt = Duration::from_millis(u64::from(cfg.request_timeout_ms)).min(budget / 2);
     loop {
@@ -194,9 +202,7 @@ async fn wait_for_broker(cfg: &KafkaConfig) -> Result<(), KafkaError> {
 
 /// Partition count of a topic, or `MissingTopic`. Blocking: call from `spawn_blocking`.
 pub(crate) fn partition_count(cfg: &KafkaConfig, topic: &str) -> Result<usize, KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &cfg.brokers)
-        .create()?;
+    let consumer: BaseConsumer = client_config(cfg).create()?;
     let timeout = Duration::from_millis(u64::from(cfg.request_timeout_ms));
     Ok(partitions(&consumer, topic, timeout)?.len())
 }

@@ -23,15 +23,29 @@ pub struct TopicRecord {
     pub headers: BTreeMap<String, String>,
 }
 
+/// A client of `brokers` in plain text (the tests' and the demo's brokers).
+fn plain(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    c
+}
+
 /// Log start and end (high watermark) of every partition of a topic.
 pub fn watermarks(
     brokers: &str,
     topic: &str,
     timeout: Duration,
 ) -> Result<BTreeMap<i32, (i64, i64)>, KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+    watermarks_with(&plain(brokers), topic, timeout)
+}
+
+/// [`watermarks`] with a client's settings (`kafka::client_config`).
+fn watermarks_with(
+    client: &ClientConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, (i64, i64)>, KafkaError> {
+    let consumer: BaseConsumer = client.create()?;
     let partitions = super::kafka::partitions(&consumer, topic, timeout)?;
     partitions
         .into_iter()
@@ -47,7 +61,7 @@ pub fn read_topic(
     ends: Option<&BTreeMap<i32, i64>>,
     deadline: Duration,
 ) -> Result<Vec<TopicRecord>, KafkaError> {
-    let read = read_topic_within(brokers, topic, ends, deadline)?;
+    let read = read_topic_within(&plain(brokers), topic, ends, deadline)?;
     if !read.unread.is_empty() {
         return Err(KafkaError::ReadTimeout {
             topic: topic.to_owned(),
@@ -75,15 +89,15 @@ pub struct TopicRead {
 /// [`TopicRead::unread`] with the offset where it stopped, instead of failing the whole read: a
 /// record the broker acknowledged but will not serve blocks its partition for good.
 pub(crate) fn read_topic_within(
-    brokers: &str,
+    client: &ClientConfig,
     topic: &str,
     ends: Option<&BTreeMap<i32, i64>>,
     deadline: Duration,
 ) -> Result<TopicRead, KafkaError> {
     let started = Instant::now();
-    let marks = watermarks(brokers, topic, deadline)?;
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let marks = watermarks_with(client, topic, deadline)?;
+    let consumer: BaseConsumer = client
+        .clone()
         .set(
             "group.id",
             format!("orderstream-reader-{}", rand::random::<u32>()),

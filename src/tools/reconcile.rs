@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::model::{decode, Deltas, Order, Reason, Totals};
-use crate::stores::{read_topic_within, CassandraStore, OlapStore, TopicRecord};
+use crate::stores::{client_config, read_topic_within, CassandraStore, OlapStore, TopicRecord};
 
 /// Kafka coordinates of a record.
 pub type Coordinates = (i32, i64);
@@ -90,8 +90,8 @@ pub(crate) async fn reconcile_with(
 ) -> anyhow::Result<Report> {
     let (mut ledger, stored) = olap.snapshot(&cfg.kafka.topic).await?;
     let read = |topic: String| {
-        let brokers = cfg.kafka.brokers.clone();
-        tokio::task::spawn_blocking(move || read_topic_within(&brokers, &topic, None, read_time))
+        let client = client_config(&cfg.kafka);
+        tokio::task::spawn_blocking(move || read_topic_within(&client, &topic, None, read_time))
     };
     let orders = read(cfg.kafka.topic.clone()).await??;
     let dead = read(cfg.kafka.dead_letter_topic.clone()).await??;
