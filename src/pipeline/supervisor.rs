@@ -31,7 +31,7 @@ use crate::pipeline::olap_aggregator::{
 use crate::pipeline::watchdog::{Change, PartitionView, RejoinPolicy, Watchdog};
 use crate::pipeline::{ActorFailed, Failure, Flow, Halt, Remedy};
 use crate::stores::{
-    consumer_config, partitions, producer_config, CassandraStore, KafkaError, LedgerContext,
+    client_config, consumer_config, partitions, producer_config, CassandraStore, KafkaError, LedgerContext,
     OlapError, OlapStore,
 };
 
