@@ -28,8 +28,14 @@ const OWNED: &[(&str, &str)] = &[
     ("session.timeout.ms", "kafka.session_timeout_ms"),
     ("max.poll.interval.ms", "kafka.max_poll_interval_ms"),
     ("heartbeat.interval.ms", "kafka.session_timeout_ms"),
-    ("queued.max.messages.kbytes", "kafka.queued_max_messages_kbytes"),
-    ("queue.buffering.max.kbytes", "kafka.producer_queue_max_kbytes"),
+    (
+        "queued.max.messages.kbytes",
+        "kafka.queued_max_messages_kbytes",
+    ),
+    (
+        "queue.buffering.max.kbytes",
+        "kafka.producer_queue_max_kbytes",
+    ),
     ("enable.idempotence", ""),
     ("acks", ""),
     ("request.required.acks", ""),
@@ -41,7 +47,10 @@ const OWNED: &[(&str, &str)] = &[
     ("ssl.certificate.location", "kafka.ssl_certificate_file"),
     ("ssl.key.location", "kafka.ssl_key_file"),
     ("ssl.key.password", "kafka.ssl_key_password"),
-    ("ssl.endpoint.identification.algorithm", "kafka.ssl_verify_hostname"),
+    (
+        "ssl.endpoint.identification.algorithm",
+        "kafka.ssl_verify_hostname",
+    ),
     ("sasl.mechanism", "kafka.sasl_mechanism"),
     ("sasl.mechanisms", "kafka.sasl_mechanism"),
     ("sasl.username", "kafka.sasl_username"),
@@ -93,7 +102,10 @@ pub(super) fn redacted<S: serde::Serializer>(
 
 /// The librdkafka properties of the security settings, secrets included: for the clients only.
 pub(crate) fn security_properties(k: &KafkaConfig) -> Vec<(&'static str, String)> {
-    let mut props = vec![("security.protocol", k.security_protocol.to_ascii_lowercase())];
+    let mut props = vec![(
+        "security.protocol",
+        k.security_protocol.to_ascii_lowercase(),
+    )];
     let files = [
         ("ssl.ca.location", &k.ssl_ca_file),
         ("ssl.certificate.location", &k.ssl_certificate_file),
@@ -124,7 +136,9 @@ impl KafkaConfig {
         self.security_protocol.to_ascii_lowercase().ends_with("ssl")
     }
     pub(crate) fn uses_sasl(&self) -> bool {
-        self.security_protocol.to_ascii_lowercase().starts_with("sasl")
+        self.security_protocol
+            .to_ascii_lowercase()
+            .starts_with("sasl")
     }
 
     /// The security keys and the pass-through properties: each a value librdkafka accepts, no
@@ -190,7 +204,10 @@ impl KafkaConfig {
             let mut probe = rdkafka::ClientConfig::new();
             probe.set(name, value);
             if let Err(e) = probe.create_native_config() {
-                return Err(invalid(&format!("kafka.librdkafka_options.{name}"), e.to_string()));
+                return Err(invalid(
+                    &format!("kafka.librdkafka_options.{name}"),
+                    e.to_string(),
+                ));
             }
         }
         for (name, value) in security_properties(self) {
@@ -237,20 +254,33 @@ mod tests {
 
     #[test]
     fn a_property_the_pipeline_owns_is_refused_by_name() {
-        let err = load(&[("ORDERSTREAM__KAFKA__LIBRDKAFKA_OPTIONS__ENABLE_AUTO_COMMIT", "true")])
-            .unwrap_err();
-        assert!(err.contains("kafka.librdkafka_options.enable.auto.commit"), "{err}");
-        let err = load(&[("ORDERSTREAM__KAFKA__LIBRDKAFKA_OPTIONS__GROUP_ID", "other")])
-            .unwrap_err();
+        let err = load(&[(
+            "ORDERSTREAM__KAFKA__LIBRDKAFKA_OPTIONS__ENABLE_AUTO_COMMIT",
+            "true",
+        )])
+        .unwrap_err();
+        assert!(
+            err.contains("kafka.librdkafka_options.enable.auto.commit"),
+            "{err}"
+        );
+        let err =
+            load(&[("ORDERSTREAM__KAFKA__LIBRDKAFKA_OPTIONS__GROUP_ID", "other")]).unwrap_err();
         assert!(err.contains("set kafka.group_id instead"), "{err}");
     }
 
     #[test]
     fn an_unknown_property_is_refused_by_librdkafka_with_its_key() {
-        let err = load(&[("ORDERSTREAM__KAFKA__LIBRDKAFKA_OPTIONS__NO_SUCH_THING", "1")])
-            .unwrap_err();
-        assert!(err.contains("kafka.librdkafka_options.no.such.thing"), "{err}");
-        assert!(err.to_lowercase().contains("no such configuration property"), "{err}");
+        let err =
+            load(&[("ORDERSTREAM__KAFKA__LIBRDKAFKA_OPTIONS__NO_SUCH_THING", "1")]).unwrap_err();
+        assert!(
+            err.contains("kafka.librdkafka_options.no.such.thing"),
+            "{err}"
+        );
+        assert!(
+            err.to_lowercase()
+                .contains("no such configuration property"),
+            "{err}"
+        );
     }
 
     #[test]

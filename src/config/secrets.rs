@@ -14,13 +14,21 @@ pub(super) fn read_secret_files(cfg: &mut Config) -> Result<(), ConfigError> {
         ..
     } = cfg;
     let slots: [(&str, &mut Secret, &str); 4] = [
-        ("kafka.sasl_password", &mut kafka.sasl_password, &kafka.sasl_password_file),
+        (
+            "kafka.sasl_password",
+            &mut kafka.sasl_password,
+            &kafka.sasl_password_file,
+        ),
         (
             "kafka.ssl_key_password",
             &mut kafka.ssl_key_password,
             &kafka.ssl_key_password_file,
         ),
-        ("cassandra.password", &mut cassandra.password, &cassandra.password_file),
+        (
+            "cassandra.password",
+            &mut cassandra.password,
+            &cassandra.password_file,
+        ),
         ("mysql.password", &mut mysql.password, &mysql.password_file),
     ];
     for (key, secret, file) in slots {
@@ -33,9 +41,8 @@ pub(super) fn read_secret_files(cfg: &mut Config) -> Result<(), ConfigError> {
                 format!("give {key} or {key}_file, not both"),
             ));
         }
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            invalid(&format!("{key}_file"), format!("cannot read {file}: {e}"))
-        })?;
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| invalid(&format!("{key}_file"), format!("cannot read {file}: {e}")))?;
         *secret = Secret::new(text.trim_end_matches(['\n', '\r']));
     }
     Ok(())
@@ -63,7 +70,10 @@ mod tests {
         assert_eq!(cfg.mysql.password.expose(), "s3cr3t-from-a-file");
         let shown = cfg.to_redacted_toml();
         assert!(!shown.contains("s3cr3t-from-a-file"), "{shown}");
-        assert!(shown.contains(file.to_str().unwrap()), "names where it came from");
+        assert!(
+            shown.contains(file.to_str().unwrap()),
+            "names where it came from"
+        );
         assert!(!format!("{cfg:?}").contains("s3cr3t-from-a-file"));
     }
 

@@ -31,8 +31,8 @@ use crate::pipeline::olap_aggregator::{
 use crate::pipeline::watchdog::{Change, PartitionView, RejoinPolicy, Watchdog};
 use crate::pipeline::{ActorFailed, Failure, Flow, Halt, Remedy};
 use crate::stores::{
-    client_config, consumer_config, partitions, producer_config, CassandraStore, KafkaError, LedgerContext,
-    OlapError, OlapStore,
+    client_config, consumer_config, partitions, producer_config, CassandraStore, KafkaError,
+    LedgerContext, OlapError, OlapStore,
 };
 
 /// Exit code when the restart budget is spent.

@@ -18,7 +18,8 @@ pub use cassandra::{
     CassandraError, CassandraStore,
 };
 pub(crate) use kafka::{
-    client_config, consumer_config, create_topics, partition_count, partitions, AssignmentChange, LedgerContext,
+    client_config, consumer_config, create_topics, partition_count, partitions, AssignmentChange,
+    LedgerContext,
 };
 pub use kafka::{producer_config, KafkaError};
 pub(crate) use olap::{check_mysql_migrated, with_mysql_migrate_lock};
