@@ -56,7 +56,7 @@ where
     loop {
         match attempt().await {
             Ok(v) => return Ok(v),
-            Err(e) if permanent(&e) => return Err(anyhow::Error::new(e)),
+            Err(e) if permanent(&e) => return Err(anyhow::Error::new(e).context(what.to_owned())),
             Err(e) => {
                 tracing::warn!(dependency = what, error = %e, ?delay, "waiting for dependency");
                 tokio::time::sleep(delay).await;
@@ -66,19 +66,26 @@ where
     }
 }
 
+/// How messages name the MySQL server.
+fn mysql_at(cfg: &Config) -> String {
+    format!("mysql at {}:{}", cfg.mysql.host, cfg.mysql.port)
+}
+
 /// Connects to both stores (MySQL through `pool`) and checks that everything is migrated.
 async fn connect_stores(cfg: &Config, pool: &MySqlPool) -> anyhow::Result<Stores> {
     wait_for(
         cfg,
-        "mysql",
+        &mysql_at(cfg),
         |e: &OlapError| !e.is_transient(),
         || check_mysql_migrated(pool, &cfg.mysql),
     )
     .await?;
     let cassandra = wait_for(
         cfg,
-        "cassandra",
-        |e: &CassandraError| matches!(e, CassandraError::NotMigrated { .. }),
+        &format!("cassandra at {}", cfg.cassandra.contact_points.join(", ")),
+        |e: &CassandraError| {
+            matches!(e, CassandraError::NotMigrated { .. }) || e.is_configuration()
+        },
         || CassandraStore::connect(&cfg.cassandra),
     )
     .await?;
@@ -86,8 +93,8 @@ async fn connect_stores(cfg: &Config, pool: &MySqlPool) -> anyhow::Result<Stores
         let kcfg = cfg.kafka.clone();
         wait_for(
             cfg,
-            "kafka",
-            |e: &KafkaError| matches!(e, KafkaError::MissingTopic(_)),
+            &format!("kafka at {}", cfg.kafka.brokers),
+            KafkaError::is_configuration,
             || {
                 let kcfg = kcfg.clone();
                 let topic = topic.clone();
@@ -234,7 +241,7 @@ pub async fn produce(mut cfg: Config, rate: u32, count: u64) -> anyhow::Result<i
     let pool = connect_mysql(&cfg.mysql).await?;
     wait_for(
         &cfg,
-        "mysql",
+        &mysql_at(&cfg),
         |e: &OlapError| !e.is_transient(),
         || check_mysql_migrated(&pool, &cfg.mysql),
     )

@@ -289,8 +289,25 @@ fn exit_code(outcome: anyhow::Result<i32>) -> i32 {
             EXIT_USAGE
         }
         Err(e) => {
-            eprintln!("orderstream: {e:#}");
+            eprintln!("orderstream: {}", describe(&e));
             1
         }
     }
+}
+
+/// The error and its causes, joined with ": ", leaving out a cause the text already holds
+/// (many client errors repeat their source in their own message).
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let message = cause.to_string();
+        if text.contains(message.as_str()) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+    }
+    text
 }

@@ -20,3 +20,4 @@ mod pipeline;
 mod producer;
 mod recovery;
 mod supervision;
+mod tls;

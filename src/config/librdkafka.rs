@@ -165,22 +165,12 @@ impl KafkaConfig {
             super::nonempty("kafka.sasl_username", &self.sasl_username)?;
             super::nonempty("kafka.sasl_password", self.sasl_password.expose())?;
         }
-        if self.ssl_certificate_file.is_empty() != self.ssl_key_file.is_empty() {
-            return Err(invalid(
-                "kafka.ssl_key_file",
-                "give kafka.ssl_certificate_file and kafka.ssl_key_file together",
-            ));
-        }
-        for (key, file) in [
-            ("kafka.ssl_ca_file", &self.ssl_ca_file),
-            ("kafka.ssl_certificate_file", &self.ssl_certificate_file),
-            ("kafka.ssl_key_file", &self.ssl_key_file),
-        ] {
-            if !file.is_empty() {
-                std::fs::metadata(file)
-                    .map_err(|e| invalid(key, format!("cannot read {file}: {e}")))?;
-            }
-        }
+        super::validate::tls_files(
+            "kafka",
+            &self.ssl_ca_file,
+            &self.ssl_certificate_file,
+            &self.ssl_key_file,
+        )?;
         for name in self.librdkafka_options.keys() {
             if let Some((_, instead)) = OWNED.iter().find(|(owned, _)| owned == name) {
                 let hint = if instead.is_empty() {

@@ -229,6 +229,20 @@ pub struct CassandraConfig {
     pub password: Secret,
     /// A file holding `password` (a Docker or Kubernetes secret), read at startup.
     pub password_file: String,
+    /// Connect to the nodes over TLS.
+    pub ssl: bool,
+    /// PEM file of the certificate authorities that sign the nodes' certificates; empty: the
+    /// system's trust store.
+    pub ssl_ca_file: String,
+    /// Client certificate (PEM), for clusters that authenticate clients by certificate; give
+    /// `ssl_key_file` with it.
+    pub ssl_certificate_file: String,
+    /// Private key (PEM, unencrypted) of `ssl_certificate_file`.
+    pub ssl_key_file: String,
+    /// Check that a node's certificate names the address the driver reached it at (the
+    /// driver connects to nodes by IP, so the certificate needs that IP among its names). Off
+    /// only for clusters whose certificates name no address; the chain is checked either way.
+    pub ssl_verify_hostname: bool,
 }
 
 impl Default for CassandraConfig {
@@ -244,6 +258,11 @@ impl Default for CassandraConfig {
             user: String::new(),
             password: Secret::default(),
             password_file: String::new(),
+            ssl: false,
+            ssl_ca_file: String::new(),
+            ssl_certificate_file: String::new(),
+            ssl_key_file: String::new(),
+            ssl_verify_hostname: true,
         }
     }
 }
@@ -268,6 +287,32 @@ pub struct MysqlConfig {
     pub max_connections: u32,
     /// Timeout to acquire a connection or run a statement.
     pub timeout_ms: u64,
+    /// TLS to the server, MySQL's modes: `disabled`; `preferred` (TLS when the server offers
+    /// it, unchecked); `required` (TLS or no connection, certificate unchecked); `verify_ca`
+    /// (the certificate must be signed by `ssl_ca_file`, or the system's trust store);
+    /// `verify_identity` (`verify_ca`, and the certificate must name `host`).
+    pub ssl_mode: String,
+    /// PEM file of the certificate authorities that sign the server's certificate.
+    pub ssl_ca_file: String,
+    /// Client certificate (PEM), for users that `REQUIRE X509`; give `ssl_key_file` with it.
+    pub ssl_certificate_file: String,
+    /// Private key (PEM, PKCS#8) of `ssl_certificate_file`.
+    pub ssl_key_file: String,
+}
+
+impl MysqlConfig {
+    /// `ssl_mode` as sqlx takes it; `None` for a value `validate` refuses.
+    pub fn ssl_mode(&self) -> Option<sqlx::mysql::MySqlSslMode> {
+        use sqlx::mysql::MySqlSslMode as Mode;
+        Some(match self.ssl_mode.to_ascii_lowercase().as_str() {
+            "disabled" => Mode::Disabled,
+            "preferred" => Mode::Preferred,
+            "required" => Mode::Required,
+            "verify_ca" => Mode::VerifyCa,
+            "verify_identity" => Mode::VerifyIdentity,
+            _ => return None,
+        })
+    }
 }
 
 impl Default for MysqlConfig {
@@ -281,6 +326,10 @@ impl Default for MysqlConfig {
             database: "sales".into(),
             max_connections: 4,
             timeout_ms: 10_000,
+            ssl_mode: "preferred".into(),
+            ssl_ca_file: String::new(),
+            ssl_certificate_file: String::new(),
+            ssl_key_file: String::new(),
         }
     }
 }

@@ -89,6 +89,18 @@ impl CassandraConfig {
             10,
             600_000,
         )?;
+        let files = tls_files(
+            "cassandra",
+            &self.ssl_ca_file,
+            &self.ssl_certificate_file,
+            &self.ssl_key_file,
+        )?;
+        if files && !self.ssl {
+            return Err(invalid(
+                "cassandra.ssl",
+                "is false while TLS files are given: set cassandra.ssl = true, or remove them",
+            ));
+        }
         Ok(())
     }
 }
@@ -107,6 +119,27 @@ impl MysqlConfig {
             1_000,
         )?;
         range("mysql.timeout_ms", self.timeout_ms as i64, 10, 600_000)?;
+        self.ssl_mode().ok_or_else(|| {
+            invalid(
+                "mysql.ssl_mode",
+                format!(
+                    "{:?} is not disabled, preferred, required, verify_ca or verify_identity",
+                    self.ssl_mode
+                ),
+            )
+        })?;
+        let files = tls_files(
+            "mysql",
+            &self.ssl_ca_file,
+            &self.ssl_certificate_file,
+            &self.ssl_key_file,
+        )?;
+        if files && self.ssl_mode.eq_ignore_ascii_case("disabled") {
+            return Err(invalid(
+                "mysql.ssl_mode",
+                "is disabled while TLS files are given: choose a mode, or remove them",
+            ));
+        }
         Ok(())
     }
 }
@@ -174,4 +207,35 @@ impl SupervisionConfig {
         }
         Ok(())
     }
+}
+
+/// The TLS files of a section (`SECTION.ssl_ca_file`, `_certificate_file`, `_key_file`): a
+/// certificate comes with its key, and every file given can be read. True when any is given.
+pub(super) fn tls_files(
+    section: &str,
+    ca: &str,
+    certificate: &str,
+    key: &str,
+) -> Result<bool, ConfigError> {
+    if certificate.is_empty() != key.is_empty() {
+        return Err(invalid(
+            &format!("{section}.ssl_key_file"),
+            format!("give {section}.ssl_certificate_file and {section}.ssl_key_file together"),
+        ));
+    }
+    for (name, file) in [
+        ("ssl_ca_file", ca),
+        ("ssl_certificate_file", certificate),
+        ("ssl_key_file", key),
+    ] {
+        if !file.is_empty() {
+            std::fs::File::open(file).map_err(|e| {
+                invalid(
+                    &format!("{section}.{name}"),
+                    format!("cannot read {file}: {e}"),
+                )
+            })?;
+        }
+    }
+    Ok(!(ca.is_empty() && certificate.is_empty()))
 }

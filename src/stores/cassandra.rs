@@ -10,9 +10,12 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::OpenSsl010Config;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+use scylla::errors::{
+    ConnectionError, ConnectionPoolError, DbError, ExecutionError, RequestAttemptError,
+};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
 use scylla::value::CqlTimestamp;
@@ -30,6 +33,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum CassandraError {
     #[error("cannot connect to cassandra: {0}")]
     Connect(#[source] Box<scylla::errors::NewSessionError>),
+    #[error("cassandra TLS settings: {0}")]
+    Tls(String),
     #[error("cassandra request failed: {0}")]
     Request(#[source] BoxError),
     #[error("cassandra refused the row: {0}")]
@@ -47,6 +52,32 @@ impl CassandraError {
     pub(crate) fn is_rejection(&self) -> bool {
         matches!(self, Self::Rejected(_))
     }
+
+    /// Whether retrying cannot help the connection: the TLS files cannot be used, or the nodes'
+    /// certificates fail the check.
+    pub(crate) fn is_configuration(&self) -> bool {
+        match self {
+            Self::Tls(_) => true,
+            Self::Connect(e) => rejected_handshake(e.as_ref()),
+            _ => false,
+        }
+    }
+}
+
+/// Whether the driver gave up on the nodes because their certificates failed the check. The
+/// driver keeps a broken pool's last error beside the chain, not in it: look there.
+fn rejected_handshake(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(ConnectionPoolError::Broken {
+            last_connection_error: ConnectionError::IoError(io),
+        }) = e.downcast_ref::<ConnectionPoolError>()
+        {
+            return super::tls::is_rejected_handshake(io.as_ref());
+        }
+        next = e.source();
+    }
+    super::tls::is_rejected_handshake(err)
 }
 
 /// A connected session with the prepared insert.
@@ -71,6 +102,16 @@ pub async fn connect_session(cfg: &CassandraConfig) -> Result<Session, Cassandra
         .default_execution_profile_handle(profile.into_handle());
     if !cfg.user.is_empty() {
         builder = builder.user(cfg.user.clone(), cfg.password.expose().to_owned());
+    }
+    if cfg.ssl {
+        let connector = super::tls::connector(&super::tls::TlsFiles {
+            ca: &cfg.ssl_ca_file,
+            certificate: &cfg.ssl_certificate_file,
+            key: &cfg.ssl_key_file,
+            verify_hostname: cfg.ssl_verify_hostname,
+        })
+        .map_err(CassandraError::Tls)?;
+        builder = builder.tls_context(Some(OpenSsl010Config::new(connector)));
     }
     builder
         .build()

@@ -32,6 +32,8 @@ pub enum KafkaError {
         brokers: String,
         source: rdkafka::error::KafkaError,
     },
+    #[error("the TLS handshake or SASL authentication failed: {0}")]
+    Refused(String),
     #[error("reading topic {topic} timed out; unread (partition, end offset): {missing:?}")]
     ReadTimeout {
         topic: String,
@@ -201,16 +203,89 @@ async fn wait_for_broker(cfg: &KafkaConfig) -> Result<(), KafkaError> {
 }
 
 /// Partition count of a topic, or `MissingTopic`. Blocking: call from `spawn_blocking`.
+/// A TLS handshake or SASL authentication failed with these settings: retrying cannot help.
+/// Blocking.
 pub(crate) fn partition_count(cfg: &KafkaConfig, topic: &str) -> Result<usize, KafkaError> {
-    let consumer: BaseConsumer = client_config(cfg).create()?;
+    let consumer: BaseConsumer<ProbeContext> =
+        client_config(cfg).create_with_context(ProbeContext::default())?;
     let timeout = Duration::from_millis(u64::from(cfg.request_timeout_ms));
-    Ok(partitions(&consumer, topic, timeout)?.len())
+    partitions(&consumer, topic, timeout)
+        .map(|p| p.len())
+        .map_err(|e| {
+            // librdkafka hands its errors to the context only while the client is polled.
+            let _ = consumer.poll(Duration::ZERO);
+            e
+        })
+        .map_err(|e| match consumer.context().refusal() {
+            Some(reason) => KafkaError::Refused(reason),
+            None => e,
+        })
+}
+
+impl KafkaError {
+    /// Retrying cannot help: the topic is missing, or the brokers refuse these credentials or
+    /// this trust store.
+    pub(crate) fn is_configuration(&self) -> bool {
+        matches!(self, Self::MissingTopic(_) | Self::Refused(_))
+    }
+}
+
+/// Keeps the last refusal librdkafka reports while a client talks to the brokers: a
+/// certificate that fails the check, or failed SASL authentication. librdkafka retries those
+/// forever and a request in the meantime only times out, so the reason has to be caught here.
+#[derive(Default)]
+struct ProbeContext {
+    refusal: std::sync::Mutex<Option<String>>,
+}
+
+impl ProbeContext {
+    fn refusal(&self) -> Option<String> {
+        self.refusal.lock().ok().and_then(|r| r.clone())
+    }
+
+    fn refused(&self, reason: &str) {
+        if let Ok(mut slot) = self.refusal.lock() {
+            *slot = Some(reason.to_owned());
+        }
+    }
+}
+
+impl ConsumerContext for ProbeContext {}
+
+impl ClientContext for ProbeContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let refused = match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Authentication) => true,
+            // An SSL error is also how a connection closed mid-handshake is reported; only a
+            // certificate or verification failure is the settings' fault.
+            Some(RDKafkaErrorCode::SSL) => {
+                reason.contains("certificate") || reason.contains("verif")
+            }
+            _ => false,
+        };
+        if refused {
+            self.refused(reason);
+        }
+        DefaultClientContext.error(error, reason);
+    }
+
+    /// A failed handshake or authentication reaches the application only as a log line
+    /// (facility `FAIL`) while the client retries.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        if fac == "FAIL"
+            && (message.contains("certificate verify failed")
+                || message.contains("SASL authentication error"))
+        {
+            self.refused(message);
+        }
+        DefaultClientContext.log(level, fac, message);
+    }
 }
 
 /// The partitions of `topic`, from the broker's metadata; `MissingTopic` when it has none.
 /// Blocking.
-pub fn partitions(
-    client: &BaseConsumer,
+pub fn partitions<C: ConsumerContext>(
+    client: &BaseConsumer<C>,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<i32>, KafkaError> {

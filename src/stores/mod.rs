@@ -5,11 +5,13 @@
 //! - `cassandra`    — CQL session, schema, idempotent insert, paged read-back
 //! - `olap`         — the OLAP store: one transaction path, a dialect for MySQL/MariaDB and SQLite
 //! - `topic_reader` — reads a topic back up to given offsets (the audit, the watchdog, tests)
+//! - `tls`          — the TLS connector the stores share, and which TLS failures are final
 //! - `schema/`      — the schema files
 
 mod cassandra;
 mod kafka;
 mod olap;
+mod tls;
 mod topic_reader;
 
 pub(crate) use cassandra::migrate as migrate_cassandra;

@@ -13,6 +13,7 @@
 
 pub mod fault_proxy;
 pub mod prometheus;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -151,6 +152,10 @@ pub struct Broker {
     dir: PathBuf,
     pub proc: Option<Proc>,
     external: Option<String>,
+    /// The port clients are told to use when it is not `port`: a TLS terminator's in front.
+    pub advertised: Option<u16>,
+    /// SASL (SCRAM) required of every client.
+    pub authentication: bool,
 }
 
 impl Broker {
@@ -162,7 +167,41 @@ impl Broker {
             dir,
             proc: None,
             external: None,
+            advertised: None,
+            authentication: false,
         };
+        b.restart();
+        b
+    }
+
+    /// A broker that requires SCRAM from every client, with `user` provisioned for both
+    /// SCRAM mechanisms, advertising `advertised` (where the caller puts a TLS terminator).
+    /// tansu takes new users only while authentication is off, so it starts once without.
+    pub fn start_with_scram(root: &Path, user: &str, password: &str, advertised: u16) -> Broker {
+        let mut b = Broker::start(root);
+        let tansu = find_program("tansu", &[]).expect("tansu");
+        for mechanism in ["scram256", "scram512"] {
+            let out = Command::new(&tansu)
+                .args([
+                    "user",
+                    "create",
+                    "--broker",
+                    &format!("tcp://127.0.0.1:{}", b.port),
+                ])
+                .args([user, password, "--mechanism", mechanism])
+                .output()
+                .expect("tansu user create");
+            assert!(
+                out.status.success(),
+                "tansu user create: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if let Some(mut p) = b.proc.take() {
+            p.kill();
+        }
+        b.advertised = Some(advertised);
+        b.authentication = true;
         b.restart();
         b
     }
@@ -174,6 +213,8 @@ impl Broker {
             dir: PathBuf::new(),
             proc: None,
             external: Some(bootstrap.to_owned()),
+            advertised: None,
+            authentication: false,
         }
     }
 
@@ -182,6 +223,7 @@ impl Broker {
             panic!("tansu is not installed: run `cargo install tansu --locked --features libsql` (or .ci/run)")
         });
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port));
         let log = std::fs::File::create(self.dir.join("tansu.log")).unwrap();
         let mut child = Command::new(tansu)
             .current_dir(&self.dir)
@@ -190,10 +232,11 @@ impl Broker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
                 "--storage-engine",
                 "sqlite://tansu.db",
             ])
+            .args(self.authentication.then_some("--authentication"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -208,7 +251,7 @@ impl Broker {
     pub fn addr(&self) -> String {
         match &self.external {
             Some(bootstrap) => bootstrap.clone(),
-            None => format!("127.0.0.1:{}", self.port),
+            None => format!("127.0.0.1:{}", self.advertised.unwrap_or(self.port)),
         }
     }
 }
@@ -279,6 +322,8 @@ pub struct Mariadb {
     pub port: u16,
     dir: PathBuf,
     pub proc: Option<Proc>,
+    /// Serves TLS with this server certificate (its CA, certificate, key).
+    pub tls: Option<[PathBuf; 3]>,
 }
 
 impl Mariadb {
@@ -306,6 +351,7 @@ impl Mariadb {
             port: free_port(),
             dir,
             proc: None,
+            tls: None,
         };
         m.restart();
         m
@@ -334,6 +380,13 @@ impl Mariadb {
                 "--innodb-buffer-pool-size=64M".into(),
                 "--max-connections=500".into(),
             ])
+            .args(self.tls.iter().flat_map(|[ca, cert, key]| {
+                [
+                    format!("--ssl-ca={}", ca.display()),
+                    format!("--ssl-cert={}", cert.display()),
+                    format!("--ssl-key={}", key.display()),
+                ]
+            }))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -398,7 +451,8 @@ impl Env {
         Self::with_broker(tempfile::tempdir().unwrap(), Broker::external(bootstrap))
     }
 
-    fn with_broker(root: tempfile::TempDir, broker: Broker) -> Env {
+    /// CQL and MariaDB started here, next to `broker`, under `root`.
+    pub fn with_broker(root: tempfile::TempDir, broker: Broker) -> Env {
         let cql = Cql::start(root.path());
         let mariadb = Mariadb::start(root.path());
         Env {

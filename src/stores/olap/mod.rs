@@ -81,9 +81,11 @@ impl OlapError {
                 | sqlx::Error::PoolTimedOut
                 | sqlx::Error::PoolClosed
                 | sqlx::Error::WorkerCrashed
-                | sqlx::Error::Protocol(_)
-                | sqlx::Error::Tls(_),
+                | sqlx::Error::Protocol(_),
             ) => true,
+            // A handshake that failed on the certificate, or a server without TLS where TLS is
+            // required, is the configuration's to fix; a connection broken during it is not.
+            Self::Sql(sqlx::Error::Tls(e)) => super::tls::has_io_error(e.as_ref()),
             Self::Sql(_) | Self::NotMigrated { .. } | Self::LockTimeout => false,
         }
     }

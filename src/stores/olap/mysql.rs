@@ -5,7 +5,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::error::DatabaseError;
-use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlPoolOptions};
+use sqlx::mysql::{
+    MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlPoolOptions, MySqlSslMode,
+};
 use sqlx::{AssertSqlSafe, Connection as _, Executor, MySql, MySqlConnection};
 
 use super::protocol::{Dialect, Protocol};
@@ -97,6 +99,16 @@ fn options(cfg: &MysqlConfig, with_database: bool) -> Result<MySqlConnectOptions
     }
     if with_database {
         options = options.database(&cfg.database);
+    }
+    // `validate` refused any other mode.
+    options = options.ssl_mode(cfg.ssl_mode().unwrap_or(MySqlSslMode::VerifyIdentity));
+    if !cfg.ssl_ca_file.is_empty() {
+        options = options.ssl_ca(&cfg.ssl_ca_file);
+    }
+    if !cfg.ssl_certificate_file.is_empty() {
+        options = options
+            .ssl_client_cert(&cfg.ssl_certificate_file)
+            .ssl_client_key(&cfg.ssl_key_file);
     }
     Ok(options)
 }
