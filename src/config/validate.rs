@@ -239,3 +239,59 @@ pub(super) fn tls_files(
     }
     Ok(!(ca.is_empty() && certificate.is_empty()))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, String> {
+        let vars = vars
+            .iter()
+            .map(|(k, v)| (format!("ORDERSTREAM__{k}"), v.to_string()))
+            .collect::<Vec<_>>();
+        Config::load(None, vars, &[]).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tls_files_name_their_key() {
+        let err = load(&[("CASSANDRA__SSL_CA_FILE", "/nonexistent/ca.pem")]).unwrap_err();
+        assert!(err.contains("cassandra.ssl_ca_file"), "{err}");
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+        let err = load(&[("MYSQL__SSL_CERTIFICATE_FILE", "/etc/hostname")]).unwrap_err();
+        assert!(err.contains("mysql.ssl_key_file"), "{err}");
+        assert!(err.contains("together"), "{err}");
+    }
+
+    #[test]
+    fn tls_files_need_tls_on() {
+        let err = load(&[("CASSANDRA__SSL_CA_FILE", "/etc/hostname")]).unwrap_err();
+        assert!(err.contains("cassandra.ssl"), "{err}");
+        load(&[
+            ("CASSANDRA__SSL", "true"),
+            ("CASSANDRA__SSL_CA_FILE", "/etc/hostname"),
+        ])
+        .unwrap();
+        let err = load(&[
+            ("MYSQL__SSL_MODE", "disabled"),
+            ("MYSQL__SSL_CA_FILE", "/etc/hostname"),
+        ])
+        .unwrap_err();
+        assert!(err.contains("mysql.ssl_mode"), "{err}");
+    }
+
+    #[test]
+    fn mysql_ssl_modes_are_mysqls_own() {
+        for mode in [
+            "disabled",
+            "preferred",
+            "required",
+            "verify_ca",
+            "VERIFY_IDENTITY",
+        ] {
+            load(&[("MYSQL__SSL_MODE", mode)]).unwrap();
+        }
+        let err = load(&[("MYSQL__SSL_MODE", "on")]).unwrap_err();
+        assert!(err.contains("mysql.ssl_mode"), "{err}");
+        assert!(err.contains("verify_identity"), "{err}");
+    }
+}

@@ -202,20 +202,14 @@ async fn wait_for_broker(cfg: &KafkaConfig) -> Result<(), KafkaError> {
     }
 }
 
-/// Partition count of a topic, or `MissingTopic`. Blocking: call from `spawn_blocking`.
-/// A TLS handshake or SASL authentication failed with these settings: retrying cannot help.
-/// Blocking.
+/// Partition count of a topic, `MissingTopic`, or `Refused` when the brokers failed the TLS
+/// handshake or SASL authentication with these settings. Blocking: call from `spawn_blocking`.
 pub(crate) fn partition_count(cfg: &KafkaConfig, topic: &str) -> Result<usize, KafkaError> {
     let consumer: BaseConsumer<ProbeContext> =
         client_config(cfg).create_with_context(ProbeContext::default())?;
     let timeout = Duration::from_millis(u64::from(cfg.request_timeout_ms));
     partitions(&consumer, topic, timeout)
         .map(|p| p.len())
-        .map_err(|e| {
-            // librdkafka hands its errors to the context only while the client is polled.
-            let _ = consumer.poll(Duration::ZERO);
-            e
-        })
         .map_err(|e| match consumer.context().refusal() {
             Some(reason) => KafkaError::Refused(reason),
             None => e,
@@ -232,7 +226,8 @@ impl KafkaError {
 
 /// Keeps the last refusal librdkafka reports while a client talks to the brokers: a
 /// certificate that fails the check, or failed SASL authentication. librdkafka retries those
-/// forever and a request in the meantime only times out, so the reason has to be caught here.
+/// forever, a request in the meantime only times out, and the reason reaches the application
+/// only as a log line (facility `FAIL`), so it is caught there.
 #[derive(Default)]
 struct ProbeContext {
     refusal: std::sync::Mutex<Option<String>>,
@@ -253,24 +248,6 @@ impl ProbeContext {
 impl ConsumerContext for ProbeContext {}
 
 impl ClientContext for ProbeContext {
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        let refused = match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::Authentication) => true,
-            // An SSL error is also how a connection closed mid-handshake is reported; only a
-            // certificate or verification failure is the settings' fault.
-            Some(RDKafkaErrorCode::SSL) => {
-                reason.contains("certificate") || reason.contains("verif")
-            }
-            _ => false,
-        };
-        if refused {
-            self.refused(reason);
-        }
-        DefaultClientContext.error(error, reason);
-    }
-
-    /// A failed handshake or authentication reaches the application only as a log line
-    /// (facility `FAIL`) while the client retries.
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         if fac == "FAIL"
             && (message.contains("certificate verify failed")
@@ -363,4 +340,48 @@ fn partitions_of(tpl: &rdkafka::TopicPartitionList, topic: &str) -> Vec<i32> {
         .collect();
     partitions.sort_unstable();
     partitions
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn load(vars: &[(&str, &str)]) -> Config {
+        let vars = vars
+            .iter()
+            .map(|(k, v)| (format!("ORDERSTREAM__{k}"), v.to_string()))
+            .collect::<Vec<_>>();
+        Config::load(None, vars, &[]).unwrap()
+    }
+
+    /// What librdkafka itself holds once a client's configuration is built: the security
+    /// settings arrive under librdkafka's names, for every mechanism (PLAIN is exercised only
+    /// here; the tests run SCRAM against a real broker).
+    #[test]
+    fn the_security_settings_reach_librdkafka() {
+        for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
+            let cfg = load(&[
+                ("KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+                ("KAFKA__SASL_MECHANISM", mechanism),
+                ("KAFKA__SASL_USERNAME", "shop"),
+                ("KAFKA__SASL_PASSWORD", "pw"),
+                ("KAFKA__SSL_VERIFY_HOSTNAME", "false"),
+                ("KAFKA__LIBRDKAFKA_OPTIONS__SOCKET_KEEPALIVE_ENABLE", "true"),
+            ]);
+            for client in [
+                super::client_config(&cfg.kafka),
+                super::consumer_config(&cfg.kafka, "probe"),
+                super::producer_config(&cfg.kafka, "probe"),
+            ] {
+                let native = client.create_native_config().unwrap();
+                let get = |name: &str| native.get(name).unwrap();
+                assert_eq!(get("security.protocol"), "sasl_ssl");
+                assert_eq!(get("sasl.mechanisms"), mechanism);
+                assert_eq!(get("sasl.username"), "shop");
+                assert_eq!(get("sasl.password"), "pw");
+                assert_eq!(get("ssl.endpoint.identification.algorithm"), "none");
+                assert_eq!(get("socket.keepalive.enable"), "true");
+            }
+        }
+    }
 }
