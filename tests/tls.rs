@@ -39,19 +39,28 @@ async fn orders_flow_exactly_once_over_tls_to_all_three_stores_with_passwords_fr
 
     let kafka_tls_port = free_port();
     let broker = Broker::start_with_scram(root.path(), "shop", &kafka_password, kafka_tls_port);
-    let kafka_tls = Stunnel::start(root.path(), "kafka", kafka_tls_port, broker.port, &certs);
+    let kafka_tls = Stunnel::start(
+        root.path(),
+        "kafka",
+        kafka_tls_port,
+        broker.port,
+        &certs.server,
+    );
     let mut env = Env::with_broker(root, broker);
-    let cql_tls = Stunnel::start(env.root.path(), "cql", free_port(), env.cql.port, &certs);
+    let cql_tls = Stunnel::start(
+        env.root.path(),
+        "cql",
+        free_port(),
+        env.cql.port,
+        &certs.server,
+    );
 
     // MariaDB again with its certificate, and a user that may only connect over TLS.
     if let Some(mut p) = env.mariadb.proc.take() {
         p.kill();
     }
-    env.mariadb.tls = Some([
-        certs.ca.clone(),
-        certs.server_cert.clone(),
-        certs.server_key.clone(),
-    ]);
+    let [cert, key] = certs.server.clone();
+    env.mariadb.tls = Some([certs.ca.clone(), cert, key]);
     env.mariadb.restart();
     let root_pool =
         sqlx::MySqlPool::connect(&format!("mysql://root@127.0.0.1:{}/", env.mariadb.port))
@@ -197,4 +206,27 @@ async fn orders_flow_exactly_once_over_tls_to_all_three_stores_with_passwords_fr
         assert!(last.contains(why), "{key} wrong: says {why:?}: {last}");
         eprintln!("{key} wrong: {last}");
     }
+
+    // A node whose certificate (from the right CA) names another host is refused while the
+    // hostname check is on, the default, and accepted with it off.
+    let misnamed = Stunnel::start(
+        env.root.path(),
+        "cql-misnamed",
+        free_port(),
+        env.cql.port,
+        &certs.misnamed,
+    );
+    let mut cassandra = env.config(PARTITIONS).cassandra;
+    cassandra.contact_points = vec![format!("127.0.0.1:{}", misnamed.port)];
+    let refused = orderstream::stores::CassandraStore::connect(&cassandra)
+        .await
+        .err()
+        .expect("a certificate naming another host is refused")
+        .to_string();
+    assert!(refused.contains("certificate verify failed"), "{refused}");
+    cassandra.ssl_verify_hostname = false;
+    let store = orderstream::stores::CassandraStore::connect(&cassandra)
+        .await
+        .unwrap();
+    assert_eq!(store.read_all().await.unwrap().len() as u64, COUNT);
 }

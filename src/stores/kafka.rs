@@ -210,6 +210,10 @@ pub(crate) fn partition_count(cfg: &KafkaConfig, topic: &str) -> Result<usize, K
     let timeout = Duration::from_millis(u64::from(cfg.request_timeout_ms));
     partitions(&consumer, topic, timeout)
         .map(|p| p.len())
+        .inspect_err(|_| {
+            // librdkafka's log lines reach the context only while the client is polled.
+            let _ = consumer.poll(Duration::ZERO);
+        })
         .map_err(|e| match consumer.context().refusal() {
             Some(reason) => KafkaError::Refused(reason),
             None => e,

@@ -9,12 +9,13 @@ use std::time::Duration;
 use super::{find_program, wait_for_port, Proc};
 
 /// A certificate authority, a server certificate it signed (naming 127.0.0.1 and localhost),
-/// and a second, unrelated authority for the wrong-CA cases.
+/// another it signed naming neither (for the hostname check), and a second, unrelated
+/// authority for the wrong-CA cases.
 pub struct Certs {
     pub ca: PathBuf,
     pub wrong_ca: PathBuf,
-    pub server_cert: PathBuf,
-    pub server_key: PathBuf,
+    pub server: [PathBuf; 2],
+    pub misnamed: [PathBuf; 2],
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -64,66 +65,77 @@ impl Certs {
         std::fs::create_dir_all(&dir).unwrap();
         self_signed_ca(&dir, "ca");
         self_signed_ca(&dir, "wrong-ca");
-        openssl(
-            &dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        );
-        std::fs::write(
-            dir.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\n\
-             extendedKeyUsage=serverAuth\n\
-             basicConstraints=CA:FALSE\n",
-        )
-        .unwrap();
-        openssl(
-            &dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                "server.pem",
-                "-extfile",
-                "server.ext",
-            ],
-        );
+        let server = signed(&dir, "server", "IP:127.0.0.1,DNS:localhost");
+        let misnamed = signed(&dir, "misnamed", "DNS:elsewhere.invalid");
         Certs {
             ca: dir.join("ca.pem"),
             wrong_ca: dir.join("wrong-ca.pem"),
-            server_cert: dir.join("server.pem"),
-            server_key: dir.join("server.key"),
+            server,
+            misnamed,
         }
     }
 }
 
-/// stunnel terminating TLS on `port` (with the server certificate) for a plain server on
-/// `target`.
+/// A server certificate and key signed by `ca`, with these subject alternative names.
+fn signed(dir: &Path, name: &str, names: &str) -> [PathBuf; 2] {
+    let (key, csr, ext, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.ext"),
+        format!("{name}.pem"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    std::fs::write(
+        dir.join(&ext),
+        format!("subjectAltName={names}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"),
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &pem,
+            "-extfile",
+            &ext,
+        ],
+    );
+    [dir.join(pem), dir.join(key)]
+}
+
+/// stunnel terminating TLS on `port` with a certificate and key (`[cert, key]`) for a plain
+/// server on `target`.
 pub struct Stunnel {
     pub port: u16,
     pub proc: Proc,
 }
 
 impl Stunnel {
-    pub fn start(root: &Path, name: &str, port: u16, target: u16, certs: &Certs) -> Stunnel {
+    pub fn start(root: &Path, name: &str, port: u16, target: u16, cert: &[PathBuf; 2]) -> Stunnel {
         let program = find_program("stunnel4", &["/usr/bin"])
             .or_else(|| find_program("stunnel", &["/usr/bin"]))
             .unwrap_or_else(|| {
@@ -136,8 +148,8 @@ impl Stunnel {
                 "foreground = yes\npid =\ndebug = notice\n\
                  [{name}]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{target}\n\
                  cert = {}\nkey = {}\n",
-                certs.server_cert.display(),
-                certs.server_key.display()
+                cert[0].display(),
+                cert[1].display()
             ),
         )
         .unwrap();
