@@ -4,14 +4,15 @@
 #   docker build -t orderstream:local .
 #
 # Stage 1 builds a release binary; librdkafka is compiled from source by rdkafka-sys (hence make,
-# a C/C++ compiler and zlib). The `failpoints` feature of the chaos suite is left out, so the
-# fault-injection points do not exist in this image.
+# a C/C++ compiler, zlib and OpenSSL's headers: TLS to all three stores goes through OpenSSL).
+# The `failpoints` feature of the chaos suite is left out, so the fault-injection points do not
+# exist in this image.
 ARG RUST_VERSION=1.95
 ARG DEBIAN_VERSION=bookworm
 
 FROM rust:${RUST_VERSION}-${DEBIAN_VERSION} AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake make g++ zlib1g-dev pkg-config \
+ && apt-get install -y --no-install-recommends cmake make g++ zlib1g-dev pkg-config libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Everything but what .dockerignore leaves out (target/, .git/, .dev/, .env).
@@ -26,7 +27,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # Stage 2: Debian slim with the binary and nothing else it does not need.
 FROM debian:${DEBIAN_VERSION}-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates zlib1g tini \
+ && apt-get install -y --no-install-recommends ca-certificates zlib1g libssl3 tini \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 orderstream \
  && useradd --system --uid 10001 --gid orderstream --no-create-home --shell /usr/sbin/nologin orderstream

@@ -113,14 +113,25 @@ fn check_services(file: &str, doc: &Yaml, errors: &mut Vec<String>) {
                 ));
             }
         }
+        // A password is a compose secret the service mounts, read from its file; never a
+        // value in the environment.
+        let mounted: Vec<String> = svc["secrets"]
+            .as_sequence()
+            .map(|s| s.iter().map(str_of).collect())
+            .unwrap_or_default();
         if let Some(env) = svc["environment"].as_mapping() {
             for (k, v) in env {
                 let (k, v) = (str_of(k), str_of(v));
-                let is_reference = v.starts_with("${") && v.ends_with('}') && !v.contains(":-");
-                if is_secret_key(&k) && !is_reference {
+                if !is_secret_key(&k) {
+                    continue;
+                }
+                let secret = v.strip_prefix("/run/secrets/").unwrap_or_default();
+                if !k.ends_with("_FILE") || secret.is_empty() {
                     errors.push(format!(
-                        "{file}: {name}: {k} is not taken from .env (`{v}`)"
+                        "{file}: {name}: {k} is not read from a compose secret (`{v}`)"
                     ));
+                } else if !mounted.iter().any(|m| m == secret) && !svc["secrets"].is_null() {
+                    errors.push(format!("{file}: {name}: {k} reads {secret}, not mounted"));
                 }
             }
         }
@@ -266,9 +277,34 @@ fn compose_stack_is_production_ready() {
         all_text.push_str(&std::fs::read_to_string(repo(file)).unwrap());
     }
 
+    // Every secret a service mounts is declared, with its value from an .env variable.
+    let declared = doc["secrets"].as_mapping().expect("top-level secrets");
+    let mut from_env: BTreeSet<String> = BTreeSet::new();
+    for (secret, how) in declared {
+        let var = str_of(&how["environment"]);
+        assert!(
+            !var.is_empty(),
+            "secret {secret:?} has no `environment` source"
+        );
+        from_env.insert(var);
+    }
+    for (name, svc) in services {
+        for secret in svc["secrets"].as_sequence().into_iter().flatten() {
+            if !declared.contains_key(secret) {
+                errors.push(format!(
+                    "{}: secret {secret:?} is not declared",
+                    str_of(name)
+                ));
+            }
+        }
+    }
+    let grafana_sources =
+        std::fs::read_to_string(repo("grafana/provisioning/datasources/datasources.yml")).unwrap();
+    assert!(grafana_sources.contains("$__file{/run/secrets/grafana_db_password}"));
+
     // Every variable the files need is documented in .env.example; .env itself is ignored.
     let example = std::fs::read_to_string(repo(".env.example")).unwrap();
-    for var in variables(&all_text) {
+    for var in variables(&all_text).into_iter().chain(from_env) {
         if !example.contains(&format!("{var}=")) {
             errors.push(format!("{var} is not in .env.example"));
         }
@@ -476,10 +512,13 @@ async fn dashboards_and_alerts_return_data_from_a_real_prometheus_and_mariadb() 
     env.migrate(PARTITIONS);
 
     // The database users, from the stack's own init script.
+    let pipeline_password = env.root.path().join("orderstream_db_password");
+    std::fs::write(&pipeline_password, "pipeline-pw").unwrap();
     let out = Command::new("sh")
         .arg(repo("docker/mysql-init/10-users.sh"))
         .env("ORDERSTREAM_DATABASE", &env.names.database)
-        .env("ORDERSTREAM_DB_PASSWORD", "pipeline-pw")
+        // As compose passes it (a secret's file), and as a plain variable.
+        .env("ORDERSTREAM_DB_PASSWORD_FILE", &pipeline_password)
         .env("GRAFANA_DB_PASSWORD", "grafana-pw")
         .env("MARIADB_ROOT_PASSWORD", "")
         .env(

@@ -99,7 +99,7 @@ async fn orders_flow_exactly_once_over_tls_to_all_three_stores_with_passwords_fr
             "MYSQL__PASSWORD_FILE",
             secret_file(&dir, "mysql_password", &mysql_password),
         ),
-        ("MYSQL__SSL_MODE", "verify_identity".into()),
+        ("MYSQL__SSL_MODE", "verify_ca".into()),
         ("MYSQL__SSL_CA_FILE", ca.clone()),
     ]
     .into_iter()
@@ -206,6 +206,16 @@ async fn orders_flow_exactly_once_over_tls_to_all_three_stores_with_passwords_fr
         assert!(last.contains(why), "{key} wrong: says {why:?}: {last}");
         eprintln!("{key} wrong: {last}");
     }
+
+    // verify_identity as well: the server's certificate names 127.0.0.1.
+    let mut mysql = env.config(PARTITIONS).mysql;
+    mysql.ssl_mode = "verify_identity".into();
+    let pool = orderstream::stores::connect_mysql(&mysql).await.unwrap();
+    let cipher: (String, String) = sqlx::query_as("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!cipher.1.is_empty(), "the session is encrypted: {cipher:?}");
 
     // A node whose certificate (from the right CA) names another host is refused while the
     // hostname check is on, the default, and accepted with it off.

@@ -10,15 +10,28 @@
 # The test suite runs this same script against its MariaDB (tests/ops.rs), with
 # MYSQL_INIT_CLIENT_ARGS pointing the client at it, and then runs the pipeline as `orderstream`.
 set -eu
+
+# A password from NAME_FILE (a compose secret) when it is set, else from NAME.
+secret() {
+    eval "file=\${${1}_FILE:-}"
+    if [ -n "$file" ]; then
+        cat "$file"
+    else
+        eval "printf '%s' \"\${${1}:?set ${1} or ${1}_FILE}\""
+    fi
+}
+orderstream_password=$(secret ORDERSTREAM_DB_PASSWORD)
+grafana_password=$(secret GRAFANA_DB_PASSWORD)
+
 client=$(command -v mariadb || command -v mysql)
 db=${ORDERSTREAM_DATABASE:-orderstream}
 MYSQL_PWD=${MARIADB_ROOT_PASSWORD:-${MYSQL_ROOT_PASSWORD:-}}
 export MYSQL_PWD
 # shellcheck disable=SC2086 # word splitting of the extra client arguments is intended
 "$client" -uroot ${MYSQL_INIT_CLIENT_ARGS:-} <<SQL
-CREATE USER IF NOT EXISTS 'orderstream'@'%' IDENTIFIED BY '${ORDERSTREAM_DB_PASSWORD}';
+CREATE USER IF NOT EXISTS 'orderstream'@'%' IDENTIFIED BY '${orderstream_password}';
 GRANT SELECT, INSERT, UPDATE, DELETE ON \`${db}\`.* TO 'orderstream'@'%';
-CREATE USER IF NOT EXISTS 'grafana'@'%' IDENTIFIED BY '${GRAFANA_DB_PASSWORD}';
+CREATE USER IF NOT EXISTS 'grafana'@'%' IDENTIFIED BY '${grafana_password}';
 GRANT SELECT ON \`${db}\`.* TO 'grafana'@'%';
 FLUSH PRIVILEGES;
 SQL
