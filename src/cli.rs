@@ -145,6 +145,14 @@ async fn start_producer(
             .fetch_metadata(Some(&topic), Duration::from_secs(5))
     })
     .await;
+    // Settings the brokers refuse (a wrong CA, failed SASL authentication) are no outage to
+    // ride out: say so and stop.
+    let (kafka, topic) = (cfg.kafka.clone(), cfg.kafka.topic.clone());
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || partition_count(&kafka, &topic)).await {
+        if matches!(e, KafkaError::Refused(_)) {
+            return Err(anyhow::Error::new(e).context(format!("kafka at {}", cfg.kafka.brokers)));
+        }
+    }
     let actor = OrderProducer::new(ProducerSettings {
         producer,
         topic: cfg.kafka.topic.clone(),

@@ -130,7 +130,7 @@ fn check_services(file: &str, doc: &Yaml, errors: &mut Vec<String>) {
                     errors.push(format!(
                         "{file}: {name}: {k} is not read from a compose secret (`{v}`)"
                     ));
-                } else if !mounted.iter().any(|m| m == secret) && !svc["secrets"].is_null() {
+                } else if !mounted.iter().any(|m| m == secret) {
                     errors.push(format!("{file}: {name}: {k} reads {secret}, not mounted"));
                 }
             }

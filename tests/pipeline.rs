@@ -142,14 +142,21 @@ async fn twenty_thousand_orders_are_stored_exactly_once() {
         .await
         .unwrap();
     assert_eq!(ledger, ends);
+    // (The consumer sends them as hints once a second.)
     let partitions: Vec<i32> = ends.keys().copied().collect();
-    let committed = common::committed(
-        &env.broker.addr(),
-        &env.names.group,
-        &env.names.topic,
-        &partitions,
-    );
-    assert_eq!(committed, ledger);
+    common::eventually(
+        Duration::from_secs(10),
+        "Kafka's committed offsets to reach the ledger",
+        || async {
+            common::committed(
+                &env.broker.addr(),
+                &env.names.group,
+                &env.names.topic,
+                &partitions,
+            ) == ledger
+        },
+    )
+    .await;
 
     // Nothing was dead-lettered.
     let dlq: BTreeMap<i32, i64> = common::log_ends(&env.broker.addr(), &env.names.dlq);

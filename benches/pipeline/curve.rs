@@ -146,6 +146,13 @@ pub async fn curve(
     mock: Option<&MockCluster<'_, rdkafka::producer::DefaultProducerContext>>,
 ) -> Vec<Point> {
     let mut points = Vec::new();
+    // ORDERSTREAM_BENCH_RATES=100,5000: only these rates, no ladder (a quick look at one point).
+    if let Ok(only) = std::env::var("ORDERSTREAM_BENCH_RATES") {
+        for rate in only.split(',').filter_map(|r| r.trim().parse::<u32>().ok()) {
+            points.push(point(env, mock, rate).await);
+        }
+        return points;
+    }
     for rate in RATES {
         points.push(point(env, mock, rate).await);
     }

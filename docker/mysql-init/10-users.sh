@@ -11,14 +11,19 @@
 # MYSQL_INIT_CLIENT_ARGS pointing the client at it, and then runs the pipeline as `orderstream`.
 set -eu
 
-# A password from NAME_FILE (a compose secret) when it is set, else from NAME.
+# A password from NAME_FILE (a compose secret) when it is set, else from NAME; never empty.
 secret() {
     eval "file=\${${1}_FILE:-}"
     if [ -n "$file" ]; then
-        cat "$file"
+        value=$(cat "$file")
     else
-        eval "printf '%s' \"\${${1}:?set ${1} or ${1}_FILE}\""
+        eval "value=\${${1}:-}"
     fi
+    if [ -z "$value" ]; then
+        echo "orderstream: $1 is empty: set it in .env" >&2
+        exit 1
+    fi
+    printf '%s' "$value"
 }
 orderstream_password=$(secret ORDERSTREAM_DB_PASSWORD)
 grafana_password=$(secret GRAFANA_DB_PASSWORD)

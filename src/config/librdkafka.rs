@@ -41,6 +41,12 @@ const OWNED: &[(&str, &str)] = &[
     ("request.required.acks", ""),
     ("transactional.id", ""),
     ("message.timeout.ms", ""),
+    ("linger.ms", ""),
+    ("queue.buffering.max.messages", ""),
+    ("queued.min.messages", ""),
+    ("fetch.queue.backoff.ms", ""),
+    ("fetch.wait.max.ms", ""),
+    ("socket.timeout.ms", "kafka.request_timeout_ms"),
     ("debug", "kafka.debug"),
     ("security.protocol", "kafka.security_protocol"),
     ("ssl.ca.location", "kafka.ssl_ca_file"),
@@ -57,47 +63,76 @@ const OWNED: &[(&str, &str)] = &[
     ("sasl.password", "kafka.sasl_password"),
 ];
 
-/// `librdkafka_options` as strings, whatever TOML type a value was written as (`true`, `30000`),
-/// with `_` in a name read as `.`: no librdkafka property has `_` in its name, and environment
-/// variables and `--set` keys cannot carry the dots.
-pub(super) fn options<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<BTreeMap<String, String>, D::Error> {
-    let raw = BTreeMap::<String, toml::Value>::deserialize(d)?;
-    raw.into_iter()
-        .map(|(name, value)| {
-            let text = match value {
-                toml::Value::String(s) => s,
-                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
-                    value.to_string()
-                }
-                other => {
-                    return Err(serde::de::Error::custom(format!(
-                        "{name}: {} is not a librdkafka value",
-                        other.type_str()
-                    )))
-                }
-            };
-            Ok((name.replace('_', "."), text))
-        })
-        .collect()
+/// `kafka.librdkafka_options`: property name → value, as librdkafka takes them. Shown (by
+/// `orderstream config` and by `Debug`) with the value of every property whose name says it
+/// holds a secret redacted.
+#[derive(Clone, Default, PartialEq)]
+pub struct LibrdkafkaOptions(BTreeMap<String, String>);
+
+impl std::ops::Deref for LibrdkafkaOptions {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
-/// `librdkafka_options` for `orderstream config`: the value of a property whose name says it
-/// holds a secret (`password`, `secret`, `sasl.oauthbearer.config`) is redacted.
-pub(super) fn redacted<S: serde::Serializer>(
-    options: &BTreeMap<String, String>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let mut map = s.serialize_map(Some(options.len()))?;
-    for (name, value) in options {
-        let secret = ["password", "secret", "oauthbearer.config"]
-            .iter()
-            .any(|word| name.contains(word));
-        map.serialize_entry(name, if secret { "<redacted>" } else { value })?;
+/// Whether a property's value is a secret: a password, a key, a token's configuration.
+fn is_secret_property(name: &str) -> bool {
+    ["password", "secret", "oauthbearer.config", "key.pem"]
+        .iter()
+        .any(|word| name.contains(word))
+}
+
+impl LibrdkafkaOptions {
+    fn shown(&self) -> impl Iterator<Item = (&String, &str)> {
+        self.0.iter().map(|(name, value)| {
+            let shown = if is_secret_property(name) {
+                "<redacted>"
+            } else {
+                value.as_str()
+            };
+            (name, shown)
+        })
     }
-    map.end()
+}
+
+impl std::fmt::Debug for LibrdkafkaOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.shown()).finish()
+    }
+}
+
+impl serde::Serialize for LibrdkafkaOptions {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.shown())
+    }
+}
+
+/// Values as strings, whatever TOML type they were written as (`true`, `30000`), with `_` in a
+/// name read as `.`: no property librdkafka takes as a string has `_` in its name, and
+/// environment variables and `--set` keys cannot carry the dots.
+impl<'de> Deserialize<'de> for LibrdkafkaOptions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = BTreeMap::<String, toml::Value>::deserialize(d)?;
+        raw.into_iter()
+            .map(|(name, value)| {
+                let text = match value {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                        value.to_string()
+                    }
+                    other => {
+                        return Err(serde::de::Error::custom(format!(
+                            "{name}: {} is not a librdkafka value",
+                            other.type_str()
+                        )))
+                    }
+                };
+                Ok((name.replace('_', "."), text))
+            })
+            .collect::<Result<_, _>>()
+            .map(LibrdkafkaOptions)
+    }
 }
 
 /// The librdkafka properties of the security settings, secrets included: for the clients only.
@@ -167,10 +202,28 @@ impl KafkaConfig {
         }
         super::validate::tls_files(
             "kafka",
-            &self.ssl_ca_file,
-            &self.ssl_certificate_file,
-            &self.ssl_key_file,
+            ("kafka.security_protocol", self.uses_ssl()),
+            [
+                &self.ssl_ca_file,
+                &self.ssl_certificate_file,
+                &self.ssl_key_file,
+            ],
         )?;
+        let sasl_given = !self.sasl_mechanism.is_empty()
+            || !self.sasl_username.is_empty()
+            || !self.sasl_password.expose().is_empty();
+        if sasl_given && !self.uses_sasl() {
+            return Err(invalid(
+                "kafka.security_protocol",
+                format!("is {protocol} while kafka.sasl_* keys are given: use sasl_ssl (or sasl_plaintext), or remove them"),
+            ));
+        }
+        if !self.ssl_key_password.expose().is_empty() && self.ssl_key_file.is_empty() {
+            return Err(invalid(
+                "kafka.ssl_key_password",
+                "is given without kafka.ssl_key_file",
+            ));
+        }
         for name in self.librdkafka_options.keys() {
             if let Some((_, instead)) = OWNED.iter().find(|(owned, _)| owned == name) {
                 let hint = if instead.is_empty() {
@@ -188,29 +241,32 @@ impl KafkaConfig {
     }
 
     /// librdkafka's own check of every property the clients get (unknown names, bad values,
-    /// `ssl` in a build without TLS), each reported with its key.
+    /// `ssl` in a build without TLS), each reported with its key and never with its value (it
+    /// may be a secret under a misspelled name).
     fn check_with_librdkafka(&self) -> Result<(), ConfigError> {
-        for (name, value) in &self.librdkafka_options {
-            let mut probe = rdkafka::ClientConfig::new();
-            probe.set(name, value);
-            if let Err(e) = probe.create_native_config() {
-                return Err(invalid(
-                    &format!("kafka.librdkafka_options.{name}"),
-                    e.to_string(),
-                ));
-            }
-        }
-        for (name, value) in security_properties(self) {
+        let passed = self.librdkafka_options.iter().map(|(name, value)| {
+            (
+                format!("kafka.librdkafka_options.{name}"),
+                name.as_str(),
+                value.clone(),
+            )
+        });
+        let security = security_properties(self).into_iter().map(|(name, value)| {
+            let key = OWNED
+                .iter()
+                .find(|(owned, _)| *owned == name)
+                .map_or("kafka.security_protocol", |(_, key)| key);
+            (key.to_owned(), name, value)
+        });
+        for (key, name, value) in passed.chain(security) {
             let mut probe = rdkafka::ClientConfig::new();
             probe.set(name, &value);
             if let Err(e) = probe.create_native_config() {
-                let key = OWNED
-                    .iter()
-                    .find(|(owned, _)| *owned == name)
-                    .map_or("kafka.security_protocol", |(_, key)| key);
-                // The message names the property and, for a secret, not its value.
-                let message = e.to_string().replace(&value, "<value>");
-                return Err(invalid(key, message));
+                let mut message = e.to_string();
+                if !value.is_empty() {
+                    message = message.replace(&value, "<value>");
+                }
+                return Err(invalid(&key, message));
             }
         }
         Ok(())

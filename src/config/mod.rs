@@ -5,13 +5,14 @@
 //! the reference documentation; `orderstream config` prints the effective result with secrets
 //! redacted. A bad value stops startup with a message naming the key.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 mod librdkafka;
+
+pub use librdkafka::LibrdkafkaOptions;
 mod secrets;
 mod validate;
 
@@ -155,11 +156,7 @@ pub struct KafkaConfig {
     /// pipeline sets itself (the group, commits, offsets, isolation, assignment, idempotence,
     /// the security settings above) are refused with their name; librdkafka checks the rest at
     /// startup.
-    #[serde(
-        deserialize_with = "librdkafka::options",
-        serialize_with = "librdkafka::redacted"
-    )]
-    pub librdkafka_options: BTreeMap<String, String>,
+    pub librdkafka_options: LibrdkafkaOptions,
 }
 
 impl KafkaConfig {
@@ -198,7 +195,7 @@ impl Default for KafkaConfig {
             sasl_username: String::new(),
             sasl_password: Secret::default(),
             sasl_password_file: String::new(),
-            librdkafka_options: BTreeMap::new(),
+            librdkafka_options: LibrdkafkaOptions::default(),
         }
     }
 }

@@ -62,9 +62,8 @@ mod tests {
 
     #[test]
     fn a_password_file_becomes_the_password_and_is_never_shown() {
-        let dir = std::env::temp_dir().join(format!("secret-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("mysql_password");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mysql_password");
         std::fs::write(&file, "s3cr3t-from-a-file\n").unwrap();
         let cfg = load(&[("ORDERSTREAM__MYSQL__PASSWORD_FILE", file.to_str().unwrap())]).unwrap();
         assert_eq!(cfg.mysql.password.expose(), "s3cr3t-from-a-file");

@@ -89,18 +89,15 @@ impl CassandraConfig {
             10,
             600_000,
         )?;
-        let files = tls_files(
+        tls_files(
             "cassandra",
-            &self.ssl_ca_file,
-            &self.ssl_certificate_file,
-            &self.ssl_key_file,
+            ("cassandra.ssl", self.ssl),
+            [
+                &self.ssl_ca_file,
+                &self.ssl_certificate_file,
+                &self.ssl_key_file,
+            ],
         )?;
-        if files && !self.ssl {
-            return Err(invalid(
-                "cassandra.ssl",
-                "is false while TLS files are given: set cassandra.ssl = true, or remove them",
-            ));
-        }
         Ok(())
     }
 }
@@ -128,16 +125,22 @@ impl MysqlConfig {
                 ),
             )
         })?;
-        let files = tls_files(
+        let mode = self.ssl_mode.to_ascii_lowercase();
+        tls_files(
             "mysql",
-            &self.ssl_ca_file,
-            &self.ssl_certificate_file,
-            &self.ssl_key_file,
+            ("mysql.ssl_mode", mode != "disabled"),
+            [
+                &self.ssl_ca_file,
+                &self.ssl_certificate_file,
+                &self.ssl_key_file,
+            ],
         )?;
-        if files && self.ssl_mode.eq_ignore_ascii_case("disabled") {
+        // The driver checks a certificate against the CA only in the verifying modes; in the
+        // others a CA file would look like protection and give none.
+        if !self.ssl_ca_file.is_empty() && (mode == "preferred" || mode == "required") {
             return Err(invalid(
                 "mysql.ssl_mode",
-                "is disabled while TLS files are given: choose a mode, or remove them",
+                format!("is {mode}, which checks no certificate, while mysql.ssl_ca_file is given: use verify_ca or verify_identity"),
             ));
         }
         Ok(())
@@ -210,13 +213,14 @@ impl SupervisionConfig {
 }
 
 /// The TLS files of a section (`SECTION.ssl_ca_file`, `_certificate_file`, `_key_file`): a
-/// certificate comes with its key, and every file given can be read. True when any is given.
+/// certificate comes with its key, every file given can be read, and none is given while the
+/// section's TLS is off (`enabled`: the key that turns it on, and whether it is on) — a file
+/// the client would never read.
 pub(super) fn tls_files(
     section: &str,
-    ca: &str,
-    certificate: &str,
-    key: &str,
-) -> Result<bool, ConfigError> {
+    (enabled_key, enabled): (&str, bool),
+    [ca, certificate, key]: [&str; 3],
+) -> Result<(), ConfigError> {
     if certificate.is_empty() != key.is_empty() {
         return Err(invalid(
             &format!("{section}.ssl_key_file"),
@@ -228,16 +232,25 @@ pub(super) fn tls_files(
         ("ssl_certificate_file", certificate),
         ("ssl_key_file", key),
     ] {
-        if !file.is_empty() {
-            std::fs::File::open(file).map_err(|e| {
-                invalid(
-                    &format!("{section}.{name}"),
-                    format!("cannot read {file}: {e}"),
-                )
-            })?;
+        if file.is_empty() {
+            continue;
         }
+        if !enabled {
+            return Err(invalid(
+                enabled_key,
+                format!(
+                    "leaves TLS off while {section}.{name} is given: turn TLS on, or remove it"
+                ),
+            ));
+        }
+        std::fs::File::open(file).map_err(|e| {
+            invalid(
+                &format!("{section}.{name}"),
+                format!("cannot read {file}: {e}"),
+            )
+        })?;
     }
-    Ok(!(ca.is_empty() && certificate.is_empty()))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -254,10 +267,18 @@ mod tests {
 
     #[test]
     fn tls_files_name_their_key() {
-        let err = load(&[("CASSANDRA__SSL_CA_FILE", "/nonexistent/ca.pem")]).unwrap_err();
+        let err = load(&[
+            ("CASSANDRA__SSL", "true"),
+            ("CASSANDRA__SSL_CA_FILE", "/nonexistent/ca.pem"),
+        ])
+        .unwrap_err();
         assert!(err.contains("cassandra.ssl_ca_file"), "{err}");
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
-        let err = load(&[("MYSQL__SSL_CERTIFICATE_FILE", "/etc/hostname")]).unwrap_err();
+        let err = load(&[
+            ("MYSQL__SSL_MODE", "required"),
+            ("MYSQL__SSL_CERTIFICATE_FILE", "/etc/hostname"),
+        ])
+        .unwrap_err();
         assert!(err.contains("mysql.ssl_key_file"), "{err}");
         assert!(err.contains("together"), "{err}");
     }
@@ -277,6 +298,28 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.contains("mysql.ssl_mode"), "{err}");
+        let err = load(&[("KAFKA__SSL_CA_FILE", "/etc/hostname")]).unwrap_err();
+        assert!(err.contains("kafka.security_protocol"), "{err}");
+        let err = load(&[("KAFKA__SASL_USERNAME", "shop")]).unwrap_err();
+        assert!(err.contains("kafka.security_protocol"), "{err}");
+    }
+
+    #[test]
+    fn a_mysql_ca_file_needs_a_verifying_mode() {
+        for mode in ["preferred", "required"] {
+            let err = load(&[
+                ("MYSQL__SSL_MODE", mode),
+                ("MYSQL__SSL_CA_FILE", "/etc/hostname"),
+            ])
+            .unwrap_err();
+            assert!(err.contains("mysql.ssl_mode"), "{err}");
+            assert!(err.contains("verify_ca"), "{err}");
+        }
+        load(&[
+            ("MYSQL__SSL_MODE", "verify_ca"),
+            ("MYSQL__SSL_CA_FILE", "/etc/hostname"),
+        ])
+        .unwrap();
     }
 
     #[test]

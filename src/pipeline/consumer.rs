@@ -8,7 +8,7 @@
 //! too many batches are in flight, the poll loop first holds back (librdkafka's bounded queue keeps
 //! what it prefetched); if that lasts, every partition is paused and polling goes on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,6 +77,20 @@ fn lock(gate: &Mutex<Gate>) -> std::sync::MutexGuard<'_, Gate> {
     gate.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How often the applied positions go to Kafka as committed offsets. They are hints for lag
+/// tools (the ledger is the truth), and a broker writes every commit: one per batch would be a
+/// write per order or two in a quiet shop, where batches are cut as soon as records wait.
+const COMMIT_HINT_EVERY: Duration = Duration::from_secs(1);
+
+/// `(partition, next offset)` pairs of `topic` as a list to commit.
+fn offsets(topic: &str, positions: &BTreeMap<i32, i64>) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for (p, next) in positions {
+        let _ = list.add_partition_offset(topic, *p, Offset::Offset(*next));
+    }
+    list
+}
+
 fn tpl(topic: &str, partitions: &[i32]) -> TopicPartitionList {
     let mut list = TopicPartitionList::new();
     for p in partitions {
@@ -127,6 +141,8 @@ pub struct KafkaConsumer {
     /// Fired once this member's client is closed, that is once it has left the group: the
     /// supervisor starts the next member after it (see `stopped`).
     left: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Positions applied since the last commit hint, sent every `COMMIT_HINT_EVERY`.
+    hints: BTreeMap<i32, i64>,
 }
 
 impl KafkaConsumer {
@@ -144,6 +160,19 @@ impl KafkaConsumer {
             stop: w.stop,
             backoff: w.backoff,
             left: Some(w.left),
+            hints: BTreeMap::new(),
+        }
+    }
+
+    /// Commits the positions applied since the last hint.
+    fn send_hints(&mut self) {
+        if self.hints.is_empty() {
+            return;
+        }
+        let list = offsets(&self.settings.topic, &std::mem::take(&mut self.hints));
+        // A failed commit (a zombie's generation error, say) is a warning: the ledger rules.
+        if let Err(e) = self.client.commit(&list, CommitMode::Async) {
+            telemetry::commit_hint_failed(&e);
         }
     }
 
@@ -203,15 +232,7 @@ impl KafkaConsumer {
             }
         }
         // A hint for lag tools; the ledger stays the truth.
-        let mut offsets = TopicPartitionList::new();
-        let _ = offsets.add_partition_offset(
-            &self.settings.topic,
-            partition,
-            Offset::Offset(claim.next_offset),
-        );
-        if let Err(e) = self.client.commit(&offsets, CommitMode::Async) {
-            telemetry::commit_hint_failed(&e);
-        }
+        self.hints.insert(partition, claim.next_offset);
         tracing::info!(
             partition,
             epoch = claim.epoch,
@@ -592,6 +613,7 @@ impl Actor for KafkaConsumer {
         if let Some(changes) = self.changes.take() {
             ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(changes));
         }
+        ctx.run_interval(COMMIT_HINT_EVERY, |act, _| act.send_hints());
         let poll = poll_loop(
             self.client.clone(),
             self.gate.clone(),
@@ -610,6 +632,7 @@ impl Actor for KafkaConsumer {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.stop.store(true, Ordering::Release);
+        self.send_hints();
         telemetry::actor_up("consumer", false);
         self.health.set_held([]);
         // Leaving the group blocks; do it off the actor thread.
@@ -651,16 +674,9 @@ impl Handler<BatchCommitted> for KafkaConsumer {
     type Result = ();
 
     fn handle(&mut self, msg: BatchCommitted, ctx: &mut Self::Context) {
-        if !msg.committed.is_empty() {
-            let mut offsets = TopicPartitionList::new();
-            for (p, next) in &msg.committed {
-                let _ =
-                    offsets.add_partition_offset(&self.settings.topic, *p, Offset::Offset(*next));
-            }
-            // A failed commit (a zombie's generation error, say) is a warning: the ledger rules.
-            if let Err(e) = self.client.commit(&offsets, CommitMode::Async) {
-                telemetry::commit_hint_failed(&e);
-            }
+        for (p, next) in &msg.committed {
+            let hint = self.hints.entry(*p).or_insert(*next);
+            *hint = (*hint).max(*next);
         }
         #[cfg(feature = "failpoints")]
         crate::pipeline::failpoints::hit("after_mysql_commit");

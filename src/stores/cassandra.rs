@@ -73,11 +73,11 @@ fn rejected_handshake(err: &(dyn std::error::Error + 'static)) -> bool {
             last_connection_error: ConnectionError::IoError(io),
         }) = e.downcast_ref::<ConnectionPoolError>()
         {
-            return super::tls::is_rejected_handshake(io.as_ref());
+            return super::tls::handshake(io.as_ref()) == super::tls::Handshake::Rejected;
         }
         next = e.source();
     }
-    super::tls::is_rejected_handshake(err)
+    super::tls::handshake(err) == super::tls::Handshake::Rejected
 }
 
 /// A connected session with the prepared insert.

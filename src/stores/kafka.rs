@@ -49,7 +49,7 @@ pub(crate) fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     for (name, value) in crate::config::security_properties(cfg) {
         c.set(name, value);
     }
-    for (name, value) in &cfg.librdkafka_options {
+    for (name, value) in cfg.librdkafka_options.iter() {
         c.set(name, value);
     }
     c
@@ -177,16 +177,22 @@ pub(crate) async fn create_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
 async fn wait_for_broker(cfg: &KafkaConfig) -> Result<(), KafkaError> {
     let started = std::time::Instant::now();
     let budget = Duration::from_millis(u64::from(cfg.request_timeout_ms)) * 6;
-    let client: BaseConsumer = client_config(cfg).create()?;
-    let client = std::sync::Arc::new(client);
+    let client = std::sync::Arc::new(probe(&client_config(cfg))?);
     let attempt = Duration::from_millis(u64::from(cfg.request_timeout_ms)).min(budget / 2);
     loop {
         let probe = client.clone();
-        let answered = tokio::task::spawn_blocking(move || probe.fetch_metadata(None, attempt))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if answered {
-            return Ok(());
+        let answered = tokio::task::spawn_blocking(move || {
+            let answer = probe
+                .fetch_metadata(None, attempt)
+                .map_err(KafkaError::from);
+            unless_refused(&probe, answer)
+        })
+        .await
+        .unwrap_or_else(|e| Err(KafkaError::Refused(e.to_string())));
+        match answered {
+            Ok(_) => return Ok(()),
+            Err(e @ KafkaError::Refused(_)) => return Err(e),
+            Err(_) => {}
         }
         if started.elapsed() >= budget {
             return Err(KafkaError::Unreachable {
@@ -205,26 +211,47 @@ async fn wait_for_broker(cfg: &KafkaConfig) -> Result<(), KafkaError> {
 /// Partition count of a topic, `MissingTopic`, or `Refused` when the brokers failed the TLS
 /// handshake or SASL authentication with these settings. Blocking: call from `spawn_blocking`.
 pub(crate) fn partition_count(cfg: &KafkaConfig, topic: &str) -> Result<usize, KafkaError> {
-    let consumer: BaseConsumer<ProbeContext> =
-        client_config(cfg).create_with_context(ProbeContext::default())?;
+    let consumer = probe(&client_config(cfg))?;
     let timeout = Duration::from_millis(u64::from(cfg.request_timeout_ms));
-    partitions(&consumer, topic, timeout)
-        .map(|p| p.len())
-        .inspect_err(|_| {
-            // librdkafka's log lines reach the context only while the client is polled.
-            let _ = consumer.poll(Duration::ZERO);
-        })
-        .map_err(|e| match consumer.context().refusal() {
+    let count = partitions(&consumer, topic, timeout).map(|p| p.len());
+    unless_refused(&consumer, count)
+}
+
+/// A client that notices when the brokers refuse its TLS or SASL settings (see
+/// `unless_refused`).
+pub(crate) fn probe(config: &ClientConfig) -> Result<BaseConsumer<ProbeContext>, KafkaError> {
+    Ok(config.create_with_context(ProbeContext::default())?)
+}
+
+/// `result`, or `Refused` with librdkafka's reason when it failed because the brokers refused
+/// the client's certificate check or authentication. Blocking (up to 100 ms) on failure.
+pub(crate) fn unless_refused<T>(
+    client: &BaseConsumer<ProbeContext>,
+    result: Result<T, KafkaError>,
+) -> Result<T, KafkaError> {
+    result.map_err(|e| {
+        // librdkafka hands its log lines and errors to the context only while the client is
+        // polled; a zero timeout would read just the first of them.
+        let _ = client.poll(Duration::from_millis(100));
+        match client.context().refusal() {
             Some(reason) => KafkaError::Refused(reason),
             None => e,
-        })
+        }
+    })
 }
 
 impl KafkaError {
     /// Retrying cannot help: the topic is missing, or the brokers refuse these credentials or
     /// this trust store.
     pub(crate) fn is_configuration(&self) -> bool {
-        matches!(self, Self::MissingTopic(_) | Self::Refused(_))
+        matches!(
+            self,
+            Self::MissingTopic(_)
+                | Self::Refused(_)
+                // librdkafka could not build the client: a CA or key file it cannot load, a
+                // wrong key password.
+                | Self::Client(rdkafka::error::KafkaError::ClientCreation(_))
+        )
     }
 }
 
@@ -233,7 +260,7 @@ impl KafkaError {
 /// forever, a request in the meantime only times out, and the reason reaches the application
 /// only as a log line (facility `FAIL`), so it is caught there.
 #[derive(Default)]
-struct ProbeContext {
+pub(crate) struct ProbeContext {
     refusal: std::sync::Mutex<Option<String>>,
 }
 
@@ -252,6 +279,16 @@ impl ProbeContext {
 impl ConsumerContext for ProbeContext {}
 
 impl ClientContext for ProbeContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed)
+        ) {
+            self.refused(reason);
+        }
+        DefaultClientContext.error(error, reason);
+    }
+
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         if fac == "FAIL"
             && (message.contains("certificate verify failed")

@@ -5,6 +5,8 @@
 use std::error::Error;
 
 use openssl::ssl::{SslConnector, SslConnectorBuilder, SslFiletype, SslMethod, SslVerifyMode};
+use openssl::x509::store::{X509Store, X509StoreBuilder};
+use openssl::x509::X509;
 
 /// OpenSSL's `X509_V_ERR_IP_ADDRESS_MISMATCH`: the chain is good, the certificate does not
 /// name the address it was reached at.
@@ -28,9 +30,8 @@ pub(crate) struct TlsFiles<'a> {
 pub(crate) fn connector(files: &TlsFiles<'_>) -> Result<SslConnectorBuilder, String> {
     let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
     if !files.ca.is_empty() {
-        builder
-            .set_ca_file(files.ca)
-            .map_err(|e| format!("cannot load CA file {}: {e}", files.ca))?;
+        // The file's authorities instead of the system's, not beside them.
+        builder.set_cert_store(trust_store(files.ca)?);
     }
     if !files.certificate.is_empty() {
         builder
@@ -53,12 +54,47 @@ pub(crate) fn connector(files: &TlsFiles<'_>) -> Result<SslConnectorBuilder, Str
     Ok(builder)
 }
 
-/// Whether `err` is a TLS handshake that the peer's certificate or protocol failed (a wrong
-/// CA, a certificate naming another host), which no retry can fix, rather than a connection
-/// broken on the way. OpenSSL reports the first with its error queue (`ErrorStack`) and the
-/// second with an I/O error under its own.
-pub(crate) fn is_rejected_handshake(err: &(dyn Error + 'static)) -> bool {
-    let mut rejected = false;
+/// A trust store holding every certificate of a PEM file (a bundle, or a single CA).
+fn trust_store(file: &str) -> Result<X509Store, String> {
+    let pem = std::fs::read(file).map_err(|e| format!("cannot read CA file {file}: {e}"))?;
+    let certificates =
+        X509::stack_from_pem(&pem).map_err(|e| format!("CA file {file} is not PEM: {e}"))?;
+    if certificates.is_empty() {
+        return Err(format!("CA file {file} holds no certificate"));
+    }
+    let mut store = X509StoreBuilder::new().map_err(|e| e.to_string())?;
+    for certificate in certificates {
+        store
+            .add_cert(certificate)
+            .map_err(|e| format!("CA file {file}: {e}"))?;
+    }
+    Ok(store.build())
+}
+
+/// What a failed TLS connection says about retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handshake {
+    /// The peer failed the check or the protocol (a wrong CA, a certificate naming another
+    /// host, an alert): the settings' to fix, no retry helps.
+    Rejected,
+    /// The connection broke on the way (an I/O error, or the peer closed it mid-handshake, as a
+    /// proxy in front of a starting node does): a retry may succeed.
+    Broken,
+    /// No OpenSSL or I/O error in the chain (a client's own message).
+    Unknown,
+}
+
+/// OpenSSL 3 reports a peer that closed the connection mid-handshake on its error queue, like
+/// a certificate failure, rather than as an I/O error.
+fn closed_mid_handshake(stack: &openssl::error::ErrorStack) -> bool {
+    stack
+        .errors()
+        .iter()
+        .any(|e| e.reason().is_some_and(|r| r.contains("unexpected eof")))
+}
+
+/// Reads a TLS failure out of an error chain.
+pub(crate) fn handshake(err: &(dyn Error + 'static)) -> Handshake {
     let mut next = Some(err);
     while let Some(e) = next {
         // An I/O error hides what it wraps from `source()`: look inside.
@@ -67,28 +103,24 @@ pub(crate) fn is_rejected_handshake(err: &(dyn Error + 'static)) -> bool {
             .and_then(|io| io.get_ref())
             .map(|inner| inner as &(dyn Error + 'static));
         if let Some(ssl) = inner.and_then(|i| i.downcast_ref::<openssl::ssl::Error>()) {
-            return ssl.io_error().is_none() && ssl.ssl_error().is_some();
+            return match ssl.ssl_error() {
+                Some(stack) if ssl.io_error().is_none() && !closed_mid_handshake(stack) => {
+                    Handshake::Rejected
+                }
+                _ => Handshake::Broken,
+            };
         }
-        if e.is::<openssl::error::ErrorStack>() {
-            rejected = true;
-        }
-        if e.is::<std::io::Error>() && rejected {
-            return false;
-        }
-        next = e.source();
-    }
-    rejected
-}
-
-/// Whether an I/O error is anywhere in `err`'s chain: the connection broke, so a retry may
-/// succeed.
-pub(crate) fn has_io_error(err: &(dyn Error + 'static)) -> bool {
-    let mut next = Some(err);
-    while let Some(e) = next {
         if e.is::<std::io::Error>() {
-            return true;
+            return Handshake::Broken;
+        }
+        if let Some(stack) = e.downcast_ref::<openssl::error::ErrorStack>() {
+            return if closed_mid_handshake(stack) {
+                Handshake::Broken
+            } else {
+                Handshake::Rejected
+            };
         }
         next = e.source();
     }
-    false
+    Handshake::Unknown
 }

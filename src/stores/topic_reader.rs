@@ -45,8 +45,9 @@ fn watermarks_with(
     topic: &str,
     timeout: Duration,
 ) -> Result<BTreeMap<i32, (i64, i64)>, KafkaError> {
-    let consumer: BaseConsumer = client.create()?;
-    let partitions = super::kafka::partitions(&consumer, topic, timeout)?;
+    let consumer = super::kafka::probe(client)?;
+    let partitions = super::kafka::partitions(&consumer, topic, timeout);
+    let partitions = super::kafka::unless_refused(&consumer, partitions)?;
     partitions
         .into_iter()
         .map(|p| Ok((p, consumer.fetch_watermarks(topic, p, timeout)?)))

@@ -174,7 +174,22 @@ fn start_kafka(
     let partitions = cfg.kafka.partitions;
     mock.create_topic(&cfg.kafka.topic, partitions, 1)?;
     mock.create_topic(&cfg.kafka.dead_letter_topic, partitions.clamp(1, 3), 1)?;
-    cfg.kafka.brokers = mock.bootstrap_servers();
+    // The mock cluster speaks plaintext: a real cluster's security settings and pass-through
+    // properties stay behind.
+    let defaults = crate::config::KafkaConfig::default();
+    cfg.kafka = crate::config::KafkaConfig {
+        brokers: mock.bootstrap_servers(),
+        security_protocol: defaults.security_protocol,
+        sasl_mechanism: defaults.sasl_mechanism,
+        sasl_username: defaults.sasl_username,
+        sasl_password: defaults.sasl_password,
+        ssl_ca_file: defaults.ssl_ca_file,
+        ssl_certificate_file: defaults.ssl_certificate_file,
+        ssl_key_file: defaults.ssl_key_file,
+        ssl_key_password: defaults.ssl_key_password,
+        librdkafka_options: defaults.librdkafka_options,
+        ..cfg.kafka.clone()
+    };
     Ok(mock)
 }
 
@@ -182,6 +197,9 @@ fn start_kafka(
 async fn start_cassandra(cfg: &mut Config) -> anyhow::Result<Arc<CassandraStore>> {
     let cql = cql_emulator::start_in_process().await?;
     cfg.cassandra.contact_points = vec![cql.to_string()];
+    // The emulator speaks plaintext, without users.
+    cfg.cassandra.ssl = false;
+    cfg.cassandra.user.clear();
     crate::stores::migrate_cassandra(&cfg.cassandra)
         .await
         .context("cassandra schema")?;

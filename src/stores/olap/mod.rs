@@ -83,9 +83,12 @@ impl OlapError {
                 | sqlx::Error::WorkerCrashed
                 | sqlx::Error::Protocol(_),
             ) => true,
-            // A handshake that failed on the certificate, or a server without TLS where TLS is
-            // required, is the configuration's to fix; a connection broken during it is not.
-            Self::Sql(sqlx::Error::Tls(e)) => super::tls::has_io_error(e.as_ref()),
+            // A handshake that failed on the certificate, or sqlx's own refusal (a server
+            // without TLS where TLS is required), is the configuration's to fix; a connection
+            // broken during it is not.
+            Self::Sql(sqlx::Error::Tls(e)) => {
+                super::tls::handshake(e.as_ref()) == super::tls::Handshake::Broken
+            }
             Self::Sql(_) | Self::NotMigrated { .. } | Self::LockTimeout => false,
         }
     }
