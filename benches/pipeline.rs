@@ -39,7 +39,8 @@
 //! The CQL server is the kassandra emulator in every row (no Cassandra or ScyllaDB runs on these
 //! machines): its figures are the emulator's, not a real cluster's. MySQL is a private MariaDB.
 //! Set ORDERSTREAM_BENCH_BROKERS=tansu (or mock) to run one broker only, and
-//! ORDERSTREAM_BENCH_RATES=100,5000 to measure only these points of the curve (no ladder).
+//! ORDERSTREAM_BENCH_RATES=100,5000 to measure only these points of the curve (no ladder), and
+//! ORDERSTREAM_BENCH_GROUP_CONSUMER=1 to measure the pipeline's consumer settings alone beside them.
 //!
 //! Knobs for development (the table above uses none of them):
 //! - ORDERSTREAM_BENCH_DRAINS_ONLY=N: publish the backlog, then only drain it N times with the

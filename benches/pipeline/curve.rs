@@ -180,6 +180,17 @@ async fn point(
     let orders = orders_at(rate, mock.is_some());
     renew(env, mock, false);
     let (broker, broker_produced) = broker_alone(env, rate, orders).await;
+    // ORDERSTREAM_BENCH_GROUP_CONSUMER=1: also the pipeline's consumer settings alone (a group
+    // member, its prefetch and fetch settings, no stores), to tell what the consumer's settings
+    // add to the broker from what the stages behind it add.
+    if std::env::var_os("ORDERSTREAM_BENCH_GROUP_CONSUMER").is_some() {
+        renew(env, mock, false);
+        let (group, _) = group_consumer_alone(env, rate, orders).await;
+        eprintln!(
+            "curve at {rate}/s: the pipeline's consumer settings alone p50/p99/p99.9 {} ms",
+            group.cell()
+        );
+    }
     renew(env, mock, false);
     let mut p = pipeline(env, rate, orders).await;
     p.broker = broker;
@@ -261,6 +272,40 @@ async fn broker_alone(env: &Env, rate: u32, orders: u64) -> (Latency, f64) {
     })
     .await
     .unwrap();
+    assert_eq!(producer.wait(Duration::from_secs(600)), Some(0), "produce");
+    (
+        Latency::of(steady(&samples)),
+        produced_rate(samples.iter().map(|s| s.0)),
+    )
+}
+
+/// Like `broker_alone`, with the pipeline's consumer settings: a group member (subscribed, its
+/// prefetch, fetch wait and queue settings), read through the same stream the pipeline's poll
+/// loop reads.
+async fn group_consumer_alone(env: &Env, rate: u32, orders: u64) -> (Latency, f64) {
+    use rdkafka::consumer::StreamConsumer;
+    let args = produce_args(rate, orders);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut producer = env.spawn(partitions(), &args);
+    let cfg = env.config(partitions());
+    let mut settings = orderstream::stores::consumer_config(&cfg.kafka, "bench-group-latency");
+    settings.set("group.id", format!("bench-group-{}", rand::random::<u32>()));
+    let consumer: StreamConsumer = settings.create().unwrap();
+    consumer.subscribe(&[&cfg.kafka.topic]).unwrap();
+    let mut samples = Vec::with_capacity(orders as usize);
+    while (samples.len() as u64) < orders {
+        match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
+            Ok(Ok(m)) => {
+                let now = chrono::Utc::now().timestamp_millis();
+                if let Ok(o) = decode(m.payload().unwrap_or_default(), MAX_RECORD_BYTES) {
+                    samples.push((o.created_at_ms, (now - o.created_at_ms) as f64));
+                }
+            }
+            Ok(Err(e)) => panic!("group latency consumer: {e}"),
+            Err(_) => panic!("group latency consumer: nothing for 30 s"),
+        }
+    }
+    drop(consumer);
     assert_eq!(producer.wait(Duration::from_secs(600)), Some(0), "produce");
     (
         Latency::of(steady(&samples)),

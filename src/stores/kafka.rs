@@ -56,7 +56,7 @@ pub(crate) fn client_config(cfg: &KafkaConfig) -> ClientConfig {
 }
 
 /// Settings of the pipeline's consumer.
-pub(crate) fn consumer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
+pub fn consumer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
     let mut c = client_config(cfg);
     c.set("group.id", &cfg.group_id)
         .set("client.id", client_id)

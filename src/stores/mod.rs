@@ -20,10 +20,9 @@ pub use cassandra::{
     CassandraError, CassandraStore,
 };
 pub(crate) use kafka::{
-    client_config, consumer_config, create_topics, partition_count, partitions, AssignmentChange,
-    LedgerContext,
+    client_config, create_topics, partition_count, partitions, AssignmentChange, LedgerContext,
 };
-pub use kafka::{producer_config, KafkaError};
+pub use kafka::{consumer_config, producer_config, KafkaError};
 pub(crate) use olap::{check_mysql_migrated, with_mysql_migrate_lock};
 pub use olap::{
     connect_mysql, connect_sqlite, migrate_mysql, migrate_sqlite, OlapError, OlapStore,

@@ -214,20 +214,8 @@ where
         report.applied_orders = applicable.len();
 
         Self::write_deltas(&mut tx, &fold(batch, &applicable)).await?;
-        let advance_sql = format!(
-            "UPDATE consumer_offsets SET next_offset = ?, updated_at = {} \
-             WHERE topic = ? AND partition_id = ?",
-            DB::NOW
-        );
-        for (p, next) in &advance {
-            sqlx::query(AssertSqlSafe(advance_sql.clone()))
-                .bind(*next)
-                .bind(topic)
-                .bind(*p)
-                .execute(&mut *tx)
-                .await?;
-            report.committed.push((*p, *next));
-        }
+        Self::advance_ledger(&mut tx, topic, &advance).await?;
+        report.committed.extend(advance);
         tx.commit().await?;
         Ok(report)
     }
@@ -301,6 +289,39 @@ where
             ledger.insert(row.try_get(0)?, LedgerRow { next_offset, epoch });
         }
         Ok(ledger)
+    }
+
+    /// Moves the ledger rows of `advance` (partition → next offset) in one statement: a batch
+    /// of a topic with many partitions touches many rows, and a statement each would cost a
+    /// round trip each inside the transaction.
+    async fn advance_ledger(
+        tx: &mut Transaction<'_, DB>,
+        topic: &str,
+        advance: &BTreeMap<i32, i64>,
+    ) -> Result<(), OlapError> {
+        if advance.is_empty() {
+            return Ok(());
+        }
+        let mut update =
+            QueryBuilder::<DB>::new("UPDATE consumer_offsets SET next_offset = CASE partition_id");
+        for (p, next) in advance {
+            update
+                .push(" WHEN ")
+                .push_bind(*p)
+                .push(" THEN ")
+                .push_bind(*next);
+        }
+        update
+            .push(format!(" END, updated_at = {} WHERE topic = ", DB::NOW))
+            .push_bind(topic)
+            .push(" AND partition_id IN (");
+        let mut list = update.separated(", ");
+        for p in advance.keys() {
+            list.push_bind(*p);
+        }
+        update.push(")");
+        update.build().execute(&mut **tx).await?;
+        Ok(())
     }
 
     /// Adds the deltas to both aggregate tables with sorted multi-row additive upserts.
