@@ -522,6 +522,15 @@ async fn latency_and_dropped_connections_to_each_store() {
         proxy.refuse(false);
         proxy.set_latency(Duration::ZERO);
         let healed = Instant::now();
+        // Every partition moves again within the bound, not only the total.
+        let at_heal = common::ledger(&chaos.env, chaos.partitions).await;
+        common::resumes(
+            &chaos.env,
+            chaos.partitions,
+            &at_heal,
+            &format!("the {store} proxy healed"),
+        )
+        .await;
         let after = chaos.applied_async().await;
         chaos.wait_applied(after + 2_000).await;
         println!(

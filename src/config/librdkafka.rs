@@ -275,23 +275,11 @@ impl KafkaConfig {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::Config;
-
-    fn load(vars: &[(&str, &str)]) -> Result<Config, String> {
-        let vars = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<Vec<_>>();
-        Config::load(None, vars, &[]).map_err(|e| e.to_string())
-    }
+    use crate::config::from_env as load;
 
     #[test]
     fn a_pass_through_property_reaches_the_config_with_dots() {
-        let cfg = load(&[(
-            "ORDERSTREAM__KAFKA__LIBRDKAFKA_OPTIONS__SOCKET_KEEPALIVE_ENABLE",
-            "true",
-        )])
-        .unwrap();
+        let cfg = load(&[("KAFKA__LIBRDKAFKA_OPTIONS__SOCKET_KEEPALIVE_ENABLE", "true")]).unwrap();
         assert_eq!(
             cfg.kafka.librdkafka_options.get("socket.keepalive.enable"),
             Some(&"true".to_owned())
@@ -300,24 +288,18 @@ mod tests {
 
     #[test]
     fn a_property_the_pipeline_owns_is_refused_by_name() {
-        let err = load(&[(
-            "ORDERSTREAM__KAFKA__LIBRDKAFKA_OPTIONS__ENABLE_AUTO_COMMIT",
-            "true",
-        )])
-        .unwrap_err();
+        let err = load(&[("KAFKA__LIBRDKAFKA_OPTIONS__ENABLE_AUTO_COMMIT", "true")]).unwrap_err();
         assert!(
             err.contains("kafka.librdkafka_options.enable.auto.commit"),
             "{err}"
         );
-        let err =
-            load(&[("ORDERSTREAM__KAFKA__LIBRDKAFKA_OPTIONS__GROUP_ID", "other")]).unwrap_err();
+        let err = load(&[("KAFKA__LIBRDKAFKA_OPTIONS__GROUP_ID", "other")]).unwrap_err();
         assert!(err.contains("set kafka.group_id instead"), "{err}");
     }
 
     #[test]
     fn an_unknown_property_is_refused_by_librdkafka_with_its_key() {
-        let err =
-            load(&[("ORDERSTREAM__KAFKA__LIBRDKAFKA_OPTIONS__NO_SUCH_THING", "1")]).unwrap_err();
+        let err = load(&[("KAFKA__LIBRDKAFKA_OPTIONS__NO_SUCH_THING", "1")]).unwrap_err();
         assert!(
             err.contains("kafka.librdkafka_options.no.such.thing"),
             "{err}"
@@ -331,13 +313,13 @@ mod tests {
 
     #[test]
     fn sasl_needs_a_mechanism_a_user_and_a_password() {
-        let err = load(&[("ORDERSTREAM__KAFKA__SECURITY_PROTOCOL", "sasl_plaintext")]).unwrap_err();
+        let err = load(&[("KAFKA__SECURITY_PROTOCOL", "sasl_plaintext")]).unwrap_err();
         assert!(err.contains("kafka.sasl_mechanism"), "{err}");
         let cfg = load(&[
-            ("ORDERSTREAM__KAFKA__SECURITY_PROTOCOL", "sasl_plaintext"),
-            ("ORDERSTREAM__KAFKA__SASL_MECHANISM", "SCRAM-SHA-512"),
-            ("ORDERSTREAM__KAFKA__SASL_USERNAME", "shop"),
-            ("ORDERSTREAM__KAFKA__SASL_PASSWORD", "pw-not-shown"),
+            ("KAFKA__SECURITY_PROTOCOL", "sasl_plaintext"),
+            ("KAFKA__SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("KAFKA__SASL_USERNAME", "shop"),
+            ("KAFKA__SASL_PASSWORD", "pw-not-shown"),
         ])
         .unwrap();
         let props = super::security_properties(&cfg.kafka);
@@ -347,7 +329,7 @@ mod tests {
 
     #[test]
     fn an_unknown_protocol_is_refused() {
-        let err = load(&[("ORDERSTREAM__KAFKA__SECURITY_PROTOCOL", "tls")]).unwrap_err();
+        let err = load(&[("KAFKA__SECURITY_PROTOCOL", "tls")]).unwrap_err();
         assert!(err.contains("kafka.security_protocol"), "{err}");
     }
 }

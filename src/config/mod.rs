@@ -753,6 +753,17 @@ impl CassandraConfig {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// For tests across the crate: the configuration from these environment variables, named
+/// without their `ORDERSTREAM__` prefix (`("KAFKA__TOPIC", "x")`); an error as its message.
+#[cfg(test)]
+pub(crate) fn from_env(vars: &[(&str, &str)]) -> Result<Config, String> {
+    let vars = vars
+        .iter()
+        .map(|(k, v)| (format!("ORDERSTREAM__{k}"), v.to_string()))
+        .collect::<Vec<_>>();
+    Config::load(None, vars, &[]).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

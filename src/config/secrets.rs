@@ -50,22 +50,14 @@ pub(super) fn read_secret_files(cfg: &mut Config) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<Vec<_>>();
-        Config::load(None, vars, &[])
-    }
+    use crate::config::from_env as load;
 
     #[test]
     fn a_password_file_becomes_the_password_and_is_never_shown() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("mysql_password");
         std::fs::write(&file, "s3cr3t-from-a-file\n").unwrap();
-        let cfg = load(&[("ORDERSTREAM__MYSQL__PASSWORD_FILE", file.to_str().unwrap())]).unwrap();
+        let cfg = load(&[("MYSQL__PASSWORD_FILE", file.to_str().unwrap())]).unwrap();
         assert_eq!(cfg.mysql.password.expose(), "s3cr3t-from-a-file");
         let shown = cfg.to_redacted_toml();
         assert!(!shown.contains("s3cr3t-from-a-file"), "{shown}");
@@ -79,8 +71,8 @@ mod tests {
     #[test]
     fn a_value_and_a_file_for_one_secret_name_both_keys() {
         let err = load(&[
-            ("ORDERSTREAM__KAFKA__SASL_PASSWORD", "x"),
-            ("ORDERSTREAM__KAFKA__SASL_PASSWORD_FILE", "/nonexistent"),
+            ("KAFKA__SASL_PASSWORD", "x"),
+            ("KAFKA__SASL_PASSWORD_FILE", "/nonexistent"),
         ])
         .unwrap_err()
         .to_string();
@@ -90,7 +82,7 @@ mod tests {
 
     #[test]
     fn an_unreadable_file_names_its_key_and_path() {
-        let err = load(&[("ORDERSTREAM__CASSANDRA__PASSWORD_FILE", "/nonexistent/pw")])
+        let err = load(&[("CASSANDRA__PASSWORD_FILE", "/nonexistent/pw")])
             .unwrap_err()
             .to_string();
         assert!(err.contains("cassandra.password_file"), "{err}");

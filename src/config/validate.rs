@@ -255,15 +255,7 @@ pub(super) fn tls_files(
 
 #[cfg(test)]
 mod tests {
-    use crate::config::Config;
-
-    fn load(vars: &[(&str, &str)]) -> Result<Config, String> {
-        let vars = vars
-            .iter()
-            .map(|(k, v)| (format!("ORDERSTREAM__{k}"), v.to_string()))
-            .collect::<Vec<_>>();
-        Config::load(None, vars, &[]).map_err(|e| e.to_string())
-    }
+    use crate::config::from_env as load;
 
     #[test]
     fn tls_files_name_their_key() {

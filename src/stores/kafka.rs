@@ -385,15 +385,7 @@ fn partitions_of(tpl: &rdkafka::TopicPartitionList, topic: &str) -> Vec<i32> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::Config;
-
-    fn load(vars: &[(&str, &str)]) -> Config {
-        let vars = vars
-            .iter()
-            .map(|(k, v)| (format!("ORDERSTREAM__{k}"), v.to_string()))
-            .collect::<Vec<_>>();
-        Config::load(None, vars, &[]).unwrap()
-    }
+    use crate::config::from_env as load;
 
     /// What librdkafka itself holds once a client's configuration is built: the security
     /// settings arrive under librdkafka's names, for every mechanism (PLAIN is exercised only
@@ -408,7 +400,8 @@ mod tests {
                 ("KAFKA__SASL_PASSWORD", "pw"),
                 ("KAFKA__SSL_VERIFY_HOSTNAME", "false"),
                 ("KAFKA__LIBRDKAFKA_OPTIONS__SOCKET_KEEPALIVE_ENABLE", "true"),
-            ]);
+            ])
+            .unwrap();
             for client in [
                 super::client_config(&cfg.kafka),
                 super::consumer_config(&cfg.kafka, "probe"),
