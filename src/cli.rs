@@ -140,16 +140,19 @@ async fn start_producer(
     // queue and the retries handle it as at any other time.
     let warm = producer.clone();
     let topic = cfg.kafka.topic.clone();
-    let _ = tokio::task::spawn_blocking(move || {
+    let warmed = tokio::task::spawn_blocking(move || {
         warm.client()
             .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .is_ok()
     })
-    .await;
-    // Settings the brokers refuse (a wrong CA, failed SASL authentication) are no outage to
-    // ride out: say so and stop.
-    let (kafka, topic) = (cfg.kafka.clone(), cfg.kafka.topic.clone());
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || partition_count(&kafka, &topic)).await {
-        if matches!(e, KafkaError::Refused(_)) {
+    .await
+    .unwrap_or(false);
+    // When the brokers did not answer, find out whether they refuse these settings (a wrong CA,
+    // failed SASL authentication): that is no outage to ride out, so say so and stop.
+    if !warmed {
+        let (kafka, topic) = (cfg.kafka.clone(), cfg.kafka.topic.clone());
+        let probed = tokio::task::spawn_blocking(move || partition_count(&kafka, &topic)).await;
+        if let Ok(Err(e @ KafkaError::Refused(_))) = probed {
             return Err(anyhow::Error::new(e).context(format!("kafka at {}", cfg.kafka.brokers)));
         }
     }

@@ -176,28 +176,51 @@ async fn orders_flow_exactly_once_over_tls_to_all_three_stores_with_passwords_fr
     let cassandra_at = format!("cassandra at 127.0.0.1:{}", cql_tls.port);
     let kafka_at = format!("kafka at 127.0.0.1:{}", kafka_tls.port);
     let certificate = "certificate verify failed";
-    for (key, value, names, why) in [
-        ("MYSQL__SSL_CA_FILE", &wrong_ca, &mysql_at, certificate),
+    let sasl = "SASL authentication error";
+    let produce = ["produce", "--count", "10"];
+    for (command, key, value, names, why) in [
         (
+            &["run"][..],
+            "MYSQL__SSL_CA_FILE",
+            &wrong_ca,
+            &mysql_at,
+            certificate,
+        ),
+        (
+            &["run"],
             "CASSANDRA__SSL_CA_FILE",
             &wrong_ca,
             &cassandra_at,
             certificate,
         ),
-        ("KAFKA__SSL_CA_FILE", &wrong_ca, &kafka_at, certificate),
         (
+            &["run"],
+            "KAFKA__SSL_CA_FILE",
+            &wrong_ca,
+            &kafka_at,
+            certificate,
+        ),
+        (
+            &["run"],
             "KAFKA__SASL_PASSWORD_FILE",
             &wrong_password,
             &kafka_at,
-            "SASL authentication error",
+            sasl,
+        ),
+        (
+            &produce,
+            "KAFKA__SASL_PASSWORD_FILE",
+            &wrong_password,
+            &kafka_at,
+            sasl,
         ),
     ] {
         let key = format!("ORDERSTREAM__{key}");
-        let (code, out) = run_with(&env, &["run"], &[(&key, value)]);
+        let (code, out) = run_with(&env, command, &[(&key, value)]);
         let last = out.lines().last().unwrap_or_default();
         assert!(
             code.is_some_and(|c| c != 0),
-            "{key} wrong: run should stop ({code:?}): {out}"
+            "{key} wrong: {command:?} should stop ({code:?}): {out}"
         );
         assert!(
             last.contains(names.as_str()),

@@ -187,12 +187,12 @@ async fn wait_for_broker(cfg: &KafkaConfig) -> Result<(), KafkaError> {
                 .map_err(KafkaError::from);
             unless_refused(&probe, answer)
         })
-        .await
-        .unwrap_or_else(|e| Err(KafkaError::Refused(e.to_string())));
+        .await;
         match answered {
-            Ok(_) => return Ok(()),
-            Err(e @ KafkaError::Refused(_)) => return Err(e),
-            Err(_) => {}
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e @ KafkaError::Refused(_))) => return Err(e),
+            // Not answered (or the probe's thread failed): wait on, within the budget.
+            _ => {}
         }
         if started.elapsed() >= budget {
             return Err(KafkaError::Unreachable {
