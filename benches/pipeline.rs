@@ -49,6 +49,10 @@
 //!   ORDERSTREAM__CASSANDRA__CONCURRENCY=64.
 //! - ORDERSTREAM_BENCH_PARTITIONS: the topic's partitions (6 on tansu, 64 on the mock cluster,
 //!   which keeps 5 MiB per partition: the backlog is capped at 16,000 orders per partition).
+//! - ORDERSTREAM_BENCH_LOGS=dir: keep the pipeline's log of each curve point there; with
+//!   ORDERSTREAM_TEST_LOG=info,orderstream=debug it has each batch's timings ("batch applied":
+//!   its oldest order's age on reaching MySQL, the time before MySQL and the transaction), and
+//!   with sqlx=debug every statement's.
 
 #[path = "../tests/common/mod.rs"]
 #[allow(dead_code, clippy::all)]

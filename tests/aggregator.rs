@@ -339,3 +339,99 @@ async fn refused_orders_are_found_by_bisection(backend: Backend) {
     let kept: Vec<Order> = (0..60).filter(|i| i % 20 != 12).map(order).collect();
     assert_eq!(store.read_aggregates().await.unwrap(), Deltas::fold(&kept));
 }
+
+/// Batches of a topic with many partitions, each spanning another subset of them with another
+/// number of aggregate rows, apply exactly on both stores; on MariaDB, once every statement
+/// shape has been seen, they close no prepared statement (the driver keeps 100 per connection:
+/// statement texts that followed each batch exactly churned that cache, and every eviction
+/// stalled the next statement for the server's delayed ACK).
+#[actix::test]
+async fn many_partition_batches_apply_exactly_and_keep_their_statements_on_mariadb() {
+    many_partition_batches(Backend::Mariadb).await;
+}
+
+#[actix::test]
+async fn many_partition_batches_apply_exactly_and_keep_their_statements_on_sqlite() {
+    many_partition_batches(Backend::Sqlite).await;
+}
+
+async fn many_partition_batches(backend: Backend) {
+    const PARTITIONS: i32 = 64;
+    let _heavy = common::heavy();
+    let env = Env::start();
+    env.migrate(1);
+    let store: OlapStore = env.olap(1, backend).await;
+    let topic = env.names.topic.clone();
+    for p in 0..PARTITIONS {
+        store.claim(&topic, p, "test", 0).await.unwrap();
+    }
+    let env_ref = &env;
+    let stmt_closes = move || async move {
+        let pool = env_ref.mysql(1).await;
+        let (_, value): (String, String) =
+            sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Com_stmt_close'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        value.parse::<u64>().unwrap()
+    };
+
+    // A fixed pseudo-random sequence (an LCG), so that a failure repeats.
+    let mut state: u64 = 0x5eed;
+    let mut next = move |bound: u64| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) % bound
+    };
+    let mut next_offset = vec![0i64; PARTITIONS as usize];
+    let mut applied: Vec<Order> = Vec::new();
+    let mut closes_after_warmup = None;
+    for seq in 0..300u64 {
+        if seq == 100 && matches!(backend, Backend::Mariadb) {
+            closes_after_warmup = Some(stmt_closes().await);
+        }
+        let mut batch = batch(seq, 0, 1, 0..0);
+        let spanned = 1 + next(PARTITIONS as u64) as usize;
+        for p in 0..PARTITIONS {
+            if next(PARTITIONS as u64) as usize >= spanned {
+                continue;
+            }
+            let count = 1 + next(12) as i64;
+            let from = next_offset[p as usize];
+            let part = batch_of(seq, p, from..from + count);
+            applied.extend(part.records.iter().filter_map(|r| r.order().cloned()));
+            batch.records.extend(part.records);
+            next_offset[p as usize] = from + count;
+        }
+        let report = store.apply_batch(&topic, &batch).await.unwrap();
+        assert_eq!(report.applied_orders, batch.records.len(), "batch {seq}");
+    }
+    let ledger = store.read_ledger(&topic).await.unwrap();
+    for p in 0..PARTITIONS {
+        assert_eq!(ledger[&p], next_offset[p as usize], "partition {p}");
+    }
+    assert_eq!(
+        store.read_aggregates().await.unwrap(),
+        Deltas::fold(&applied)
+    );
+    if let Some(before) = closes_after_warmup {
+        assert_eq!(
+            stmt_closes().await - before,
+            0,
+            "prepared statements were closed after the warm-up"
+        );
+    }
+}
+
+/// Records of one partition whose orders are unique across partitions of 100,000 offsets each.
+fn batch_of(seq: u64, partition: i32, offsets: std::ops::Range<i64>) -> Batch {
+    let mut b = batch(seq, partition, 1, offsets);
+    for r in &mut b.records {
+        if let Content::Valid(o) = &mut r.content {
+            *o = order(100_000 * i64::from(partition) + r.offset);
+        }
+    }
+    b
+}

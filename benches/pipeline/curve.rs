@@ -361,7 +361,16 @@ impl LedgerPoller {
 async fn pipeline(env: &Env, rate: u32, orders: u64) -> Point {
     let pool = env.mysql(partitions()).await;
     let topic = env.names.topic.clone();
-    let mut run = env.spawn(partitions(), &["run"]);
+    // ORDERSTREAM_BENCH_LOGS=dir keeps the pipeline's log of each point there (with
+    // ORDERSTREAM_TEST_LOG=orderstream=debug, each batch's timings: "batch applied").
+    let mut run = match std::env::var_os("ORDERSTREAM_BENCH_LOGS") {
+        Some(dir) => {
+            let log =
+                std::path::PathBuf::from(dir).join(format!("run-{rate}-{}.log", partitions()));
+            env.spawn_logged(partitions(), &["run"], &log, &[])
+        }
+        None => env.spawn(partitions(), &["run"]),
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     while common::http_status(env.http_port, "/readyz") != Some(200) {
         assert!(

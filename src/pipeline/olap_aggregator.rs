@@ -103,15 +103,25 @@ impl OlapAggregator {
         let topic = self.topic.clone();
         let backoff = self.backoff.clone();
         let (seq, records, opened_at) = (batch.seq, batch.records.len(), batch.opened_at);
+        let oldest_created_ms = batch
+            .records
+            .iter()
+            .filter_map(|r| r.order().map(|o| o.created_at_ms))
+            .min();
         let work = async move {
             let started = Instant::now();
+            let oldest_age_ms = oldest_created_ms.map_or(0, |c| {
+                (chrono::Utc::now().timestamp_millis() - c).max(0) as u64
+            });
             let report = apply(&store, &rejections, &topic, batch, backoff).await;
             telemetry::seconds(telemetry::MYSQL_LATENCY, started.elapsed());
-            // Where a batch's time went, for latency work: opened → its turn in MySQL (linger,
-            // the Cassandra leg and the queues) and the transaction itself.
+            // Where a batch's time went, for latency work: its oldest order's age when the batch
+            // reached MySQL, opened → its turn in MySQL (linger, the Cassandra leg and the
+            // queues) and the transaction itself.
             tracing::debug!(
                 seq,
                 records,
+                oldest_age_ms,
                 before_mysql_ms = started.duration_since(opened_at).as_millis() as u64,
                 mysql_ms = started.elapsed().as_millis() as u64,
                 "batch applied"

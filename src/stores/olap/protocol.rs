@@ -28,8 +28,21 @@ use crate::model::{
 use crate::ops::{MinuteRow, SalesRow};
 
 /// Rows per multi-row upsert statement (5 binds each: under SQLite's 32,766 bind limit and
-/// MySQL's 65,535).
-const UPSERT_CHUNK: usize = 500;
+/// MySQL's 65,535). A power of two, as every padded length is (see [`padded`]).
+const UPSERT_CHUNK: usize = 512;
+
+/// The length a list of `n` values is padded to in a statement: the next power of two.
+///
+/// The driver prepares each distinct statement text once per connection and keeps 100 of them.
+/// A text that followed the batch exactly (its partitions, its number of aggregate rows) would
+/// be new for nearly every batch of a topic with many partitions: a prepare round trip, and an
+/// eviction that closes another statement, after which the next statement waits about 40 ms
+/// (the close gets no reply, so with Nagle's algorithm on the driver's socket the next request
+/// waits for the server's delayed ACK). Padded, a batch's statements come in a few dozen shapes
+/// that all stay prepared.
+fn padded(n: usize) -> usize {
+    n.next_power_of_two()
+}
 
 /// What one SQL backend spells or decides its own way. Adding a backend means implementing this
 /// for its `sqlx` driver and writing its schema file.
@@ -278,8 +291,15 @@ where
         );
         select.push_bind(topic).push(" AND partition_id IN (");
         let mut list = select.separated(", ");
-        for p in partitions {
-            list.push_bind(*p);
+        // Padded by repeating the last partition (see `padded`).
+        let last = partitions.last().copied().unwrap_or_default();
+        for p in partitions
+            .iter()
+            .copied()
+            .chain(std::iter::repeat(last))
+            .take(padded(partitions.len()))
+        {
+            list.push_bind(p);
         }
         select.push(") ORDER BY partition_id").push(DB::LOCK_ROWS);
         let mut ledger = BTreeMap::new();
@@ -302,9 +322,21 @@ where
         if advance.is_empty() {
             return Ok(());
         }
+        // Padded by repeating the last row: the first WHEN of a partition decides, a repeated IN
+        // value changes nothing (see `padded`).
+        let last = advance
+            .last_key_value()
+            .map(|(p, next)| (*p, *next))
+            .unwrap_or_default();
+        let rows: Vec<(i32, i64)> = advance
+            .iter()
+            .map(|(p, next)| (*p, *next))
+            .chain(std::iter::repeat(last))
+            .take(padded(advance.len()))
+            .collect();
         let mut update =
             QueryBuilder::<DB>::new("UPDATE consumer_offsets SET next_offset = CASE partition_id");
-        for (p, next) in advance {
+        for (p, next) in &rows {
             update
                 .push(" WHEN ")
                 .push_bind(*p)
@@ -316,7 +348,7 @@ where
             .push_bind(topic)
             .push(" AND partition_id IN (");
         let mut list = update.separated(", ");
-        for p in advance.keys() {
+        for (p, _) in &rows {
             list.push_bind(*p);
         }
         update.push(")");
@@ -340,15 +372,22 @@ where
     where
         T: Copy + for<'e> Encode<'e, DB> + Type<DB>,
     {
-        let rows: Vec<_> = rows.iter().collect();
+        let rows: Vec<((T, i32, i32), Totals)> = rows.iter().map(|(k, t)| (*k, *t)).collect();
         for chunk in rows.chunks(UPSERT_CHUNK) {
+            // Padded with rows that add nothing to the chunk's first key (see `padded`).
+            let pad = (chunk[0].0, Totals::default());
+            let padded_rows = chunk
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(pad))
+                .take(padded(chunk.len()));
             let mut q = QueryBuilder::<DB>::new(format!(
                 "INSERT INTO {table} ({time_column}, platform_id, product_id, order_count, total_quantity) "
             ));
-            q.push_values(chunk, |mut b, ((time, platform, product), t)| {
-                b.push_bind(*time)
-                    .push_bind(*platform)
-                    .push_bind(*product)
+            q.push_values(padded_rows, |mut b, ((time, platform, product), t)| {
+                b.push_bind(time)
+                    .push_bind(platform)
+                    .push_bind(product)
                     .push_bind(t.order_count)
                     .push_bind(t.total_quantity);
             });
