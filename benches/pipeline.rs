@@ -220,6 +220,54 @@ fn main() {
     print_table(&columns);
 }
 
+/// ORDERSTREAM_BENCH_DRAINS_ONLY: `rounds` drains of the backlog with this build and, given
+/// ORDERSTREAM_BENCH_BEFORE_BIN, as many with the build before, the order alternating between
+/// rounds; each drain's figures, then the medians.
+async fn drains(
+    env: &mut Env,
+    mock: Option<&MockCluster<'_, rdkafka::producer::DefaultProducerContext>>,
+    orders: u64,
+    rounds: u64,
+) {
+    let before = std::env::var_os("ORDERSTREAM_BENCH_BEFORE_BIN").map(std::path::PathBuf::from);
+    let this = env.bin.clone();
+    let mut figures: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for round in 0..rounds {
+        let mut builds = vec![("this build", this.clone())];
+        if let Some(b) = &before {
+            builds.push(("the build before", b.clone()));
+            if round % 2 == 1 {
+                builds.reverse();
+            }
+        }
+        for (name, bin) in builds {
+            renew(env, mock, true);
+            env.bin = bin;
+            let (rate, rss, cpu) = pipeline_drain(env, orders).await;
+            env.bin = this.clone();
+            eprintln!(
+                "round {}: {name}: {rate:.0}/s, peak RSS {rss:.1} MiB, cpu {cpu:?}",
+                round + 1
+            );
+            let entry = figures.entry(name).or_default();
+            entry.0.push(rate);
+            entry.1.push(rss);
+        }
+    }
+    for (name, (rates, rss)) in figures {
+        eprintln!(
+            "{name}: drain median {:.0}/s (rounds {}), peak RSS median {:.1} MiB",
+            median(&rates),
+            rates
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            median(&rss)
+        );
+    }
+}
+
 /// An empty CQL emulator (it keeps every row in memory, and its cost per insert grows with
 /// its heap: three drains in a row into one emulator ran at 71k, 66k and 55k/s), a fresh
 /// keyspace, database and group; the topic kept (`keep_topic`) or new. Migrated.
@@ -283,13 +331,10 @@ async fn measure(
         f.curve = curve::curve(&mut env, mock).await;
         return f;
     }
-    // A development knob: only the pipeline's drain, N times (for comparing changes quickly).
-    for _ in 0..drains_only {
-        renew(&mut env, mock, true);
-        let (rate, rss, cpu) = pipeline_drain(&env, orders).await;
-        eprintln!("pipeline: {rate:.0}/s, peak RSS {rss:.1} MiB, cpu {cpu:?}");
-    }
+    // A development knob: only the pipeline's drain, N times (for comparing changes quickly),
+    // alternating with the build before when one is given.
     if drains_only > 0 {
+        drains(&mut env, mock, orders, drains_only).await;
         return f;
     }
 
