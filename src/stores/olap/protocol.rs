@@ -44,6 +44,15 @@ fn padded(n: usize) -> usize {
     n.next_power_of_two()
 }
 
+/// `items`, then `filler` up to the padded length of `items`.
+fn padded_with<T: Copy>(
+    items: impl ExactSizeIterator<Item = T>,
+    filler: T,
+) -> impl Iterator<Item = T> {
+    let n = padded(items.len());
+    items.chain(std::iter::repeat(filler)).take(n)
+}
+
 /// What one SQL backend spells or decides its own way. Adding a backend means implementing this
 /// for its `sqlx` driver and writing its schema file.
 pub trait Dialect: Database {
@@ -293,12 +302,7 @@ where
         let mut list = select.separated(", ");
         // Padded by repeating the last partition (see `padded`).
         let last = partitions.last().copied().unwrap_or_default();
-        for p in partitions
-            .iter()
-            .copied()
-            .chain(std::iter::repeat(last))
-            .take(padded(partitions.len()))
-        {
+        for p in padded_with(partitions.iter().copied(), last) {
             list.push_bind(p);
         }
         select.push(") ORDER BY partition_id").push(DB::LOCK_ROWS);
@@ -328,12 +332,8 @@ where
             .last_key_value()
             .map(|(p, next)| (*p, *next))
             .unwrap_or_default();
-        let rows: Vec<(i32, i64)> = advance
-            .iter()
-            .map(|(p, next)| (*p, *next))
-            .chain(std::iter::repeat(last))
-            .take(padded(advance.len()))
-            .collect();
+        let rows: Vec<(i32, i64)> =
+            padded_with(advance.iter().map(|(p, next)| (*p, *next)), last).collect();
         let mut update =
             QueryBuilder::<DB>::new("UPDATE consumer_offsets SET next_offset = CASE partition_id");
         for (p, next) in &rows {
@@ -376,11 +376,7 @@ where
         for chunk in rows.chunks(UPSERT_CHUNK) {
             // Padded with rows that add nothing to the chunk's first key (see `padded`).
             let pad = (chunk[0].0, Totals::default());
-            let padded_rows = chunk
-                .iter()
-                .copied()
-                .chain(std::iter::repeat(pad))
-                .take(padded(chunk.len()));
+            let padded_rows = padded_with(chunk.iter().copied(), pad);
             let mut q = QueryBuilder::<DB>::new(format!(
                 "INSERT INTO {table} ({time_column}, platform_id, product_id, order_count, total_quantity) "
             ));
