@@ -815,6 +815,13 @@ async fn pipeline_drain(env: &Env, orders: u64) -> (f64, f64, Vec<(&'static str,
         .map(|((name, pid), before)| (*name, 100.0 * (cpu(*pid) - before) / elapsed))
         .collect();
     let rss = common::peak_rss(&run) as f64 / (1024.0 * 1024.0);
+    // How the drain was cut: batches by trigger (a build without the counter prints nothing).
+    let metrics = common::scrape(env.http_port);
+    let cuts: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("orderstream_batcher_batches_total"))
+        .collect();
+    eprintln!("batches cut: {}", cuts.join("; "));
     assert_eq!(run.terminate(Duration::from_secs(60)), Some(0));
     (rate, rss, cpu)
 }

@@ -99,7 +99,7 @@ async fn insert_with_retry(
 }
 
 /// Inserts a batch's orders, at most `concurrency` at once and within the shared permits;
-/// returns each order's outcome by its index in the batch.
+/// returns how many were written and the refusals, by the order's index in the batch.
 ///
 /// An insert's future exists only once it holds a permit. With up to 16 batches in flight,
 /// each with `concurrency` inserts created up front and waiting on the semaphore, 8,192
@@ -111,7 +111,7 @@ async fn insert_all(
     backoff: ExponentialBackoff,
     concurrency: usize,
     orders: Vec<(usize, crate::model::Order)>,
-) -> Vec<(usize, Result<(), CassandraError>)> {
+) -> (u64, Vec<(usize, CassandraError)>) {
     futures::stream::iter(orders)
         .then(move |(i, order)| {
             let permits = permits.clone();
@@ -128,7 +128,16 @@ async fn insert_all(
             }
         })
         .buffer_unordered(concurrency)
-        .collect()
+        .fold(
+            (0, Vec::new()),
+            |(mut written, mut refused), (i, outcome)| async move {
+                match outcome {
+                    Ok(()) => written += 1,
+                    Err(e) => refused.push((i, e)),
+                }
+                (written, refused)
+            },
+        )
         .await
 }
 
@@ -144,12 +153,11 @@ impl Handler<WriteBatch> for CassandraWriter {
         let backoff = self.backoff.clone();
         let work = async move {
             let started = Instant::now();
-            let orders: Vec<(usize, crate::model::Order)> = batch
-                .records
-                .iter()
-                .enumerate()
-                .filter_map(|(i, r)| r.order().map(|o| (i, o.clone())))
-                .collect();
+            let mut orders = Vec::with_capacity(batch.records.len());
+            orders.extend(
+                (batch.records.iter().enumerate())
+                    .filter_map(|(i, r)| r.order().map(|o| (i, o.clone()))),
+            );
             // Cancelled if this future is dropped: a data-path restart drops the actor's futures,
             // and the inserts of a dropped batch must stop with them (the replay writes them
             // again).
@@ -160,17 +168,13 @@ impl Handler<WriteBatch> for CassandraWriter {
                 concurrency,
                 orders,
             )));
-            let outcomes = task.await.map_err(|source| Failure::Task {
+            let (written, refused) = task.await.map_err(|source| Failure::Task {
                 task: "cassandra inserts",
                 source,
             })?;
-            let mut written = 0u64;
-            for (i, outcome) in outcomes {
-                match outcome {
-                    Ok(()) => written += 1,
-                    // Refused for its data: from now on it is a dead letter, not an order.
-                    Err(e) => batch.records[i].reject(Reason::StoreRejected, e.to_string()),
-                }
+            for (i, e) in refused {
+                // Refused for its data: from now on it is a dead letter, not an order.
+                batch.records[i].reject(Reason::StoreRejected, e.to_string());
             }
             counter!(telemetry::CASSANDRA_ROWS).increment(written);
             telemetry::seconds(telemetry::CASSANDRA_LATENCY, started.elapsed());
