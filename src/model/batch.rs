@@ -135,17 +135,26 @@ impl BatchCutter {
         self.cut().map(|batch| (batch, trigger))
     }
 
-    /// When to poll the open batch next: once it is `linger` old, then every `linger` (at least
-    /// a millisecond) while the next stages are busy, and at its deadline at the latest.
+    /// When to poll the open batch next: once it is `linger` old, then at its deadline. In
+    /// between, a batch held back while the next stages are busy ([`Self::waits_for_room`]) is
+    /// polled again when a batch in flight is through, not on a clock.
     pub fn next_poll(&self, now: Instant) -> Option<Instant> {
         let b = self.open.as_ref()?;
         let deadline = b.opened_at + self.limits.max_wait;
-        if self.limits.eager_in_flight == 0 {
+        let lingered = b.opened_at + self.limits.linger;
+        if self.limits.eager_in_flight == 0 || now >= lingered {
             return Some(deadline);
         }
-        let step = self.limits.linger.max(Duration::from_millis(1));
-        let next = (b.opened_at + self.limits.linger).max(now + step);
-        Some(next.min(deadline))
+        Some(lingered.min(deadline))
+    }
+
+    /// Whether the open batch would be cut now but for the stages behind the batcher being busy.
+    pub fn waits_for_room(&self, now: Instant) -> bool {
+        self.limits.eager_in_flight > 0
+            && self
+                .open
+                .as_ref()
+                .is_some_and(|b| now.duration_since(b.opened_at) >= self.limits.linger)
     }
 
     /// Cuts whatever is open (shutdown, or a time limit).
@@ -240,9 +249,11 @@ mod tests {
         c.push(rec(0, 1), t);
         assert_eq!(c.next_poll(t), Some(t + ms(5)));
         assert!(c.poll(t + ms(4), 0).is_none(), "younger than the linger");
-        // Busy: two batches in flight. The batch grows and is polled again every linger.
+        assert!(!c.waits_for_room(t + ms(4)));
+        // Busy: two batches in flight. The batch grows; it waits for room, or its deadline.
         assert!(c.poll(t + ms(5), 2).is_none());
-        assert_eq!(c.next_poll(t + ms(5)), Some(t + ms(10)));
+        assert!(c.waits_for_room(t + ms(5)));
+        assert_eq!(c.next_poll(t + ms(5)), Some(t + ms(200)));
         c.push(rec(1, 1), t + ms(6));
         // Room again: cut at once, with both records.
         let (b, trigger) = c.poll(t + ms(7), 1).unwrap();

@@ -33,7 +33,10 @@ pub struct Batcher {
     writer: Addr<CassandraWriter>,
     flow: Arc<Flow>,
     waiting: VecDeque<Batch>,
-    timer: Option<SpawnHandle>,
+    /// The next poll on the clock, and when it fires.
+    timer: Option<(SpawnHandle, Instant)>,
+    /// Waiting for a batch in flight to go through, while the open batch is held back.
+    room: Option<SpawnHandle>,
     supervisor: Recipient<ActorFailed>,
 }
 
@@ -51,6 +54,7 @@ impl Batcher {
             flow,
             waiting: VecDeque::new(),
             timer: None,
+            room: None,
             supervisor,
         }
     }
@@ -84,21 +88,34 @@ impl Batcher {
     }
 
     /// Cuts the open batch if it may go now (demand or time); otherwise, or after the cut,
-    /// polls again when the cutter says.
+    /// polls again when the cutter says, and when a batch in flight is through while the open
+    /// one is held back for room. A poll round that leaves the next poll where it was keeps its
+    /// timer: during a drain every round would otherwise replace it.
     fn poll(&mut self, ctx: &mut Context<Self>) {
-        if let Some(handle) = self.timer.take() {
-            ctx.cancel_future(handle);
-        }
         let now = Instant::now();
         if let Some((batch, trigger)) = self.cutter.poll(now, self.flow.in_flight()) {
             self.dispatch(batch, trigger, ctx);
         }
-        if let Some(at) = self.cutter.next_poll(now) {
-            let wait = at.saturating_duration_since(now);
-            self.timer = Some(ctx.run_later(wait, |act, ctx| {
-                act.timer = None;
+        let next = self.cutter.next_poll(now);
+        if self.timer.map(|(_, at)| at) != next {
+            if let Some((handle, _)) = self.timer.take() {
+                ctx.cancel_future(handle);
+            }
+            if let Some(at) = next {
+                let handle = ctx.run_later(at.saturating_duration_since(now), |act, ctx| {
+                    act.timer = None;
+                    act.poll(ctx);
+                });
+                self.timer = Some((handle, at));
+            }
+        }
+        if self.room.is_none() && self.cutter.waits_for_room(now) {
+            let flow = self.flow.clone();
+            let freed = async move { flow.freed().await }.into_actor(self);
+            self.room = Some(ctx.spawn(freed.map(|(), act, ctx| {
+                act.room = None;
                 act.poll(ctx);
-            }));
+            })));
         }
     }
 }

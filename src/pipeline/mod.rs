@@ -34,6 +34,9 @@ pub use supervisor::{retry_backoff, Drain, Pipeline, Stores};
 pub struct Flow {
     in_flight: AtomicUsize,
     pub max_in_flight: usize,
+    /// Signalled each time a batch is through: the batcher, holding a batch back while the
+    /// stages behind it are busy, cuts it then.
+    freed: tokio::sync::Notify,
 }
 
 impl Flow {
@@ -41,6 +44,7 @@ impl Flow {
         Self {
             in_flight: AtomicUsize::new(0),
             max_in_flight,
+            freed: tokio::sync::Notify::new(),
         }
     }
     pub fn started(&self) {
@@ -53,6 +57,11 @@ impl Flow {
             .fetch_sub(1, Ordering::AcqRel)
             .saturating_sub(1);
         crate::ops::telemetry::in_flight(n);
+        self.freed.notify_one();
+    }
+    /// Completes once a batch has gone through since the last call (at once if one has).
+    pub(crate) async fn freed(&self) {
+        self.freed.notified().await
     }
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
