@@ -153,6 +153,24 @@ async fn two_instances_one_sigkilled_the_survivor_takes_every_partition() {
     let mut figures = Vec::new();
     let mut produced = 0;
     for rep in 1..=REPETITIONS {
+        // The second instance holds partitions before the orders come: the survivor alone
+        // drains 20,000 orders within the few seconds the other takes to start and join, and
+        // would leave it nothing to consume.
+        let b_pid = format!("-{}-", b.child.id());
+        within(
+            Duration::from_secs(120),
+            "the second instance to claim a partition",
+            || {
+                let (env, b_pid) = (&env, b_pid.clone());
+                async move {
+                    orderstream::stores::OlapStore::Mysql(env.mysql(PARTITIONS).await)
+                        .read_ledger_owners(&env.names.topic)
+                        .await
+                        .is_ok_and(|owners| owners.values().any(|(_, o)| o.contains(&b_pid)))
+                }
+            },
+        )
+        .await;
         env.produce(PARTITIONS, 20_000);
         produced += 20_000;
         // Both members consume before one of them dies.
