@@ -65,6 +65,16 @@ async fn ledger(env: &Env, partitions: i32) -> BTreeMap<i32, i64> {
         .unwrap_or_default()
 }
 
+/// partition → (ledger offset, the owner that claimed it last)
+async fn ledger_owners(
+    env: &Env,
+    partitions: i32,
+) -> Result<BTreeMap<i32, (i64, String)>, orderstream::stores::OlapError> {
+    orderstream::stores::OlapStore::Mysql(env.mysql(partitions).await)
+        .read_ledger_owners(&env.names.topic)
+        .await
+}
+
 fn assert_reconcile_exact(env: &Env, partitions: i32, rep: usize) {
     let (code, report) = common::reconcile(env, partitions);
     assert_eq!(code, Some(0), "repetition {rep}: reconcile: {report}");
@@ -163,8 +173,7 @@ async fn two_instances_one_sigkilled_the_survivor_takes_every_partition() {
             || {
                 let (env, b_pid) = (&env, b_pid.clone());
                 async move {
-                    orderstream::stores::OlapStore::Mysql(env.mysql(PARTITIONS).await)
-                        .read_ledger_owners(&env.names.topic)
+                    ledger_owners(env, PARTITIONS)
                         .await
                         .is_ok_and(|owners| owners.values().any(|(_, o)| o.contains(&b_pid)))
                 }
@@ -204,10 +213,7 @@ async fn two_instances_one_sigkilled_the_survivor_takes_every_partition() {
         )
         .await;
         // Every partition was last claimed by the survivor.
-        let owners = orderstream::stores::OlapStore::Mysql(env.mysql(PARTITIONS).await)
-            .read_ledger_owners(&env.names.topic)
-            .await
-            .unwrap();
+        let owners = ledger_owners(&env, PARTITIONS).await.unwrap();
         assert_eq!(owners.len(), PARTITIONS as usize);
         for (partition, (_, owner)) in &owners {
             assert!(
