@@ -467,7 +467,7 @@ async fn measure(
 }
 
 /// A consumer outside any group, assigned every partition of `topic` from its start, with the
-/// pipeline's fetch wait (src/kafka.rs): tansu holds every fetch for the whole wait, data or
+/// pipeline's fetch wait (src/stores/kafka.rs): tansu holds every fetch for the whole wait, data or
 /// not, so librdkafka's default (500 ms) would understate the broker.
 fn bare_consumer_from_start(brokers: &str, topic: &str, group: &str) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()

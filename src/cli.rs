@@ -1,4 +1,5 @@
-//! The commands: `run`, `produce`, `migrate`, `config`, `healthcheck` and `cql-emulator`.
+//! The commands `run`, `produce`, `migrate` and `healthcheck`. `demo` and `reconcile` are in
+//! `tools/`; `main.rs` answers `config` and `cql-emulator` itself.
 //!
 //! Each command is a plain async function over a validated [`Config`]; `main.rs` only parses
 //! the command line and starts the runtime.

@@ -171,9 +171,10 @@ fn main() -> anyhow::Result<()> {
 fn init_logging(command: &Command) {
     // The demo's terminal belongs to its summary: only warnings, and none from the embedded
     // stand-ins (the CQL emulator and the driver's complaints about its missing cluster tables).
+    // librdkafka's own lines come under the target `librdkafka`, the crate's under `rdkafka`.
     let default_filter = match command {
-        Command::Demo { .. } => "warn,scylla=off,kassandra=off,rdkafka=error",
-        _ => "info,sqlx=warn,scylla=warn,rdkafka=warn",
+        Command::Demo { .. } => "warn,scylla=off,kassandra=off,rdkafka=error,librdkafka=error",
+        _ => "info,sqlx=warn,scylla=warn,rdkafka=warn,librdkafka=warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -199,9 +200,13 @@ fn overrides(cli: &Cli) -> Vec<(String, String)> {
             overrides.push(("producer.rate_per_sec".into(), rate.to_string()));
         }
     }
-    for item in &cli.overrides {
+    for (n, item) in cli.overrides.iter().enumerate() {
         let Some((k, v)) = item.split_once('=') else {
-            eprintln!("orderstream: --set {item}: expected KEY=VALUE");
+            // Not echoed: a mistyped `--set mysql.password:…` must not print the secret.
+            eprintln!(
+                "orderstream: --set number {} has no '=': expected KEY=VALUE",
+                n + 1
+            );
             std::process::exit(EXIT_CONFIG);
         };
         overrides.push((k.trim().to_owned(), v.to_owned()));

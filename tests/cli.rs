@@ -38,7 +38,10 @@ fn usage_errors_exit_64_and_configuration_errors_78() {
 
     let (code, _, err) = orderstream(&["--set", "nokey", "config"]);
     assert_eq!(code, Some(78), "{err}");
-    assert_eq!(err, "orderstream: --set nokey: expected KEY=VALUE\n");
+    assert_eq!(
+        err,
+        "orderstream: --set number 1 has no '=': expected KEY=VALUE\n"
+    );
     let (code, _, err) = orderstream(&["--set", "pipeline.max_orders=0", "config"]);
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("`pipeline.max_orders`"), "{err}");

@@ -313,3 +313,78 @@ async fn partition_is_held_while_the_dead_letter_topic_is_unreachable() {
     assert_eq!(dead[0].headers["error"], "not_json");
     common::assert_stores_exact(&env, PARTITIONS, 2000).await;
 }
+
+/// Cassandra answers a write to a table it does not have as it answers a value it refuses. A
+/// node that lost the keyspace (wiped, dropped by mistake) is an outage: no order is
+/// dead-lettered, the ledger stays where it is, and once the table is back the pipeline goes on
+/// by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_are_not_dead_lettered_when_cassandra_lost_its_table() {
+    let _heavy = common::heavy();
+    const PARTITIONS: i32 = 3;
+    let mut env = Env::start();
+    // The driver complains, rightly, while the node restarts.
+    env.driver_errors_expected = true;
+    env.migrate(PARTITIONS);
+    let pool = env.mysql(PARTITIONS).await;
+    env.produce(PARTITIONS, 1000);
+    let mut run = env.spawn(PARTITIONS, &["run"]);
+    let before = common::log_ends(&env.broker.addr(), &env.names.topic);
+    common::ledger_reaches(&pool, &env.names.topic, &before).await;
+
+    // The node comes back empty: no keyspace, no table.
+    env.cql.restart_empty();
+    env.produce(PARTITIONS, 1000);
+    let topic = common::read_topic(&env.broker.addr(), &env.names.topic);
+    let second: Vec<_> = topic
+        .iter()
+        .filter(|r| r.offset >= before[&r.partition])
+        .collect();
+    assert_eq!(second.len(), 1000);
+    let restarts = "orderstream_supervisor_restarts_total{actor=\"cassandra_writer\"}";
+    let metrics = common::scrape_when(env.http_port, restarts, 1.0).await;
+    assert!(common::metric_sum(&metrics, restarts) >= 1.0, "{metrics}");
+    assert!(common::read_topic(&env.broker.addr(), &env.names.dlq).is_empty());
+    assert_eq!(common::ledger(&env, PARTITIONS).await, before);
+    // Once the store probe (every 2 s) has seen the table gone: Cassandra is reported down and
+    // the instance not ready, between the data path's restarts too.
+    let port = env.http_port;
+    let cassandra_up = "orderstream_dependency_up{dependency=\"cassandra\"}";
+    common::eventually(
+        Duration::from_secs(10),
+        "cassandra reported down",
+        || async move { common::metric_sum(&common::scrape(port), cassandra_up) == 0.0 },
+    )
+    .await;
+    for _ in 0..12 {
+        let (status, body) = common::http_get(port, "/readyz").unwrap();
+        assert_ne!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Migrated again, within the restart budget: the same process goes on.
+    env.migrate(PARTITIONS);
+    let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
+    common::ledger_reaches(&pool, &env.names.topic, &ends).await;
+    assert_eq!(run.terminate(Duration::from_secs(30)), Some(0));
+
+    assert!(
+        common::read_topic(&env.broker.addr(), &env.names.dlq).is_empty(),
+        "nothing is dead-lettered"
+    );
+    let store = orderstream::stores::CassandraStore::connect(&env.config(PARTITIONS).cassandra)
+        .await
+        .unwrap();
+    let mut stored = store.read_all().await.unwrap();
+    stored.sort_by_key(|o| o.order_id);
+    let mut want = common::valid_orders(&second.into_iter().cloned().collect::<Vec<_>>());
+    want.sort_by_key(|o| o.order_id);
+    assert_eq!(stored, want, "the orders since the wipe, exactly");
+    let aggregates = orderstream::stores::OlapStore::Mysql(pool.clone())
+        .read_aggregates()
+        .await
+        .unwrap();
+    let all = orderstream::model::Deltas::fold(&common::valid_orders(&topic));
+    assert_eq!(aggregates.daily, all.daily);
+    assert_eq!(aggregates.per_minute, all.per_minute);
+}

@@ -1,4 +1,4 @@
-//! Order ids stay unique across producers: node leases in MySQL (see src/node_lease.rs), a
+//! Order ids stay unique across producers: node leases in MySQL (see src/tools/node_lease.rs), a
 //! producer killed with SIGKILL and restarted, and producers running side by side.
 
 use std::collections::{BTreeMap, BTreeSet};

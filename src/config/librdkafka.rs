@@ -76,11 +76,22 @@ impl std::ops::Deref for LibrdkafkaOptions {
     }
 }
 
-/// Whether a property's value is a secret: a password, a key, a token's configuration.
+/// Whether a property's value may hold a secret: a password, a key, anything of OAUTHBEARER
+/// (its configuration, extensions, endpoint), a URL or a command line that may embed
+/// credentials. Showing a harmless value redacted costs less than the reverse.
 fn is_secret_property(name: &str) -> bool {
-    ["password", "secret", "oauthbearer.config", "key.pem"]
-        .iter()
-        .any(|word| name.contains(word))
+    [
+        "password",
+        "secret",
+        "oauthbearer",
+        "key.pem",
+        "url",
+        "token",
+        "kinit",
+        "jaas",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
 }
 
 impl LibrdkafkaOptions {

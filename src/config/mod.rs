@@ -210,7 +210,7 @@ pub struct CassandraConfig {
     pub keyspace: String,
     /// Replication factor used by `migrate` (SimpleStrategy).
     pub replication_factor: u32,
-    /// Consistency of writes: one, local_one, quorum, local_quorum, all.
+    /// Consistency of writes: one, local_one, quorum, local_quorum, each_quorum, all.
     pub consistency: String,
     /// Inserts in flight at once, across all batches. Deep queues are what a CQL connection
     /// needs to reach its throughput (on the emulator, 64 in flight drain at about 65k/s, 512 at
@@ -218,7 +218,8 @@ pub struct CassandraConfig {
     pub concurrency: usize,
     /// Timeout of one request.
     pub request_timeout_ms: u64,
-    /// Wait for schema agreement after DDL. Real clusters want this; the emulator cannot do it.
+    /// Wait for schema agreement after DDL (the emulator answers the schema-version queries as a
+    /// single node does, so the default suits it too).
     pub await_schema_agreement: bool,
     /// Optional user name.
     pub user: String,
@@ -520,7 +521,15 @@ impl Config {
             set(&mut table, key, value, key)?;
         }
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| invalid(&e.path().to_string(), e.inner().to_string()))?;
+            .map_err(|e| {
+                let key = e.path().to_string();
+                // The parser's message quotes the value it got, and that may be a secret.
+                if key.ends_with("password") || key.starts_with("kafka.librdkafka_options") {
+                    invalid(&key, "expected a string (the value is not shown)")
+                } else {
+                    invalid(&key, e.inner().to_string())
+                }
+            })?;
         secrets::read_secret_files(&mut config)?;
         config.validate()?;
         Ok(config)
@@ -856,6 +865,28 @@ mod tests {
     #[test]
     fn the_operations_port_is_on_loopback_by_default() {
         assert_eq!(Config::default().http.listen, "127.0.0.1:9898");
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_named_not_shown() {
+        // (librdkafka's pass-through options take numbers: their values are strings to it.)
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        for (text, key) in [
+            ("[mysql]\npassword = 918273\n", "mysql.password"),
+            ("[kafka]\nsasl_password = [918273]\n", "kafka.sasl_password"),
+            (
+                "[kafka.librdkafka_options]\n\"ssl.keystore.password\" = [918273]\n",
+                "kafka.librdkafka_options",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = Config::load(Some(&path), Vec::new(), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("`{key}")), "{err}");
+            assert!(!err.contains("918273"), "{err}");
+        }
     }
 
     #[test]

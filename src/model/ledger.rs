@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::aggregate::Deltas;
-use crate::model::batch::Batch;
+use crate::model::batch::{Batch, Record};
 
 /// A partition's ledger position after its owner claimed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,9 +83,9 @@ pub(crate) fn plan(ledger: &BTreeMap<i32, LedgerRow>, batch: &Batch) -> Plan {
         } else if record.offset == expected {
             advance.insert(p, record.offset + 1);
         } else {
-            // A hole between what is applied and what we hold: never skip, re-seek instead.
+            // A hole between what is applied and what we hold: never skip it. What continued
+            // the ledger before the hole is applied; the partition is sought again from there.
             blocked.insert(p);
-            advance.remove(&p);
             report.gaps.push((p, record.epoch));
         }
     }
@@ -117,7 +117,11 @@ pub(crate) fn plan(ledger: &BTreeMap<i32, LedgerRow>, batch: &Batch) -> Plan {
 }
 
 pub fn fold(batch: &Batch, indices: &[usize]) -> Deltas {
-    Deltas::fold(indices.iter().filter_map(|i| batch.records[*i].order()))
+    Deltas::fold(
+        indices
+            .iter()
+            .filter_map(|i| batch.records.get(*i).and_then(Record::order)),
+    )
 }
 
 /// The search for the orders a store refuses for their data (docs/DESIGN.md, rule 10), as a
@@ -192,7 +196,11 @@ impl Bisection {
             }
         };
         if let Some(n) = &self.narrowing {
-            if n.bad - n.good <= 1 {
+            if n.bad == 0 {
+                // The store refused a probe of no orders at all: no order is to blame.
+                self.narrowing = None;
+                self.done = true;
+            } else if n.bad - n.good <= 1 {
                 let offender = self.candidates.remove(n.bad - 1);
                 self.rejected.push((offender, n.error.clone()));
                 self.narrowing = None;
@@ -235,5 +243,97 @@ mod bisection_tests {
         assert!(probes <= 4 + 3 * 10, "{probes} probes");
         assert_eq!(search(vec![7], &[7]).0, vec![7]);
         assert_eq!(search(vec![], &[]).0, Vec::<usize>::new());
+    }
+
+    #[test]
+    fn a_store_that_refuses_even_no_orders_blames_none() {
+        let mut search = Bisection::new(vec![]);
+        assert_eq!(search.next_probe(), Some(&[][..]));
+        search.record(Some("refused".into()));
+        assert_eq!(search.next_probe(), None);
+        assert!(search.rejected().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use std::collections::BTreeMap;
+    use std::time::Instant;
+
+    use super::{plan, LedgerRow};
+    use crate::model::batch::{Batch, Content, Record};
+    use crate::model::order::{Order, PaymentMethod};
+
+    fn batch(records: &[(i32, i64, i64)]) -> Batch {
+        let records: Vec<Record> = records
+            .iter()
+            .map(|&(partition, offset, epoch)| Record {
+                partition,
+                offset,
+                epoch,
+                bytes: 100,
+                content: Content::Valid(Order {
+                    order_id: offset,
+                    created_at_ms: 0,
+                    platform_id: 1,
+                    product_id: 1,
+                    quantity: 1,
+                    customer_id: 1,
+                    payment_method: PaymentMethod::Paypal,
+                }),
+            })
+            .collect();
+        Batch {
+            seq: 0,
+            bytes: records.len() * 100,
+            records,
+            opened_at: Instant::now(),
+        }
+    }
+
+    fn ledger(rows: &[(i32, i64, i64)]) -> BTreeMap<i32, LedgerRow> {
+        rows.iter()
+            .map(|&(p, next_offset, epoch)| (p, LedgerRow { next_offset, epoch }))
+            .collect()
+    }
+
+    #[test]
+    fn a_hole_stops_its_partition_after_what_continues_the_ledger() {
+        // p0: ledger at 15; 14 is a replay, 15..=17 continue it, 20 follows a hole, 21 is past it.
+        // p1: continues without a hole.
+        let b = batch(&[
+            (0, 14, 1),
+            (0, 15, 1),
+            (1, 5, 1),
+            (0, 16, 1),
+            (0, 17, 1),
+            (0, 20, 1),
+            (1, 6, 1),
+            (0, 21, 1),
+        ]);
+        let p = plan(&ledger(&[(0, 15, 1), (1, 5, 1)]), &b);
+        assert_eq!(p.advance, BTreeMap::from([(0, 18), (1, 7)]));
+        assert_eq!(p.applicable, vec![1, 2, 3, 4, 6]);
+        assert_eq!(p.report.gaps, vec![(0, 1)]);
+        assert_eq!(p.report.replayed, 1);
+        assert!(p.report.fenced.is_empty());
+    }
+
+    #[test]
+    fn a_hole_at_the_start_applies_nothing_of_its_partition() {
+        let b = batch(&[(0, 20, 1), (0, 21, 1)]);
+        let p = plan(&ledger(&[(0, 15, 1)]), &b);
+        assert!(p.advance.is_empty());
+        assert!(p.applicable.is_empty());
+        assert_eq!(p.report.gaps, vec![(0, 1)]);
+    }
+
+    #[test]
+    fn another_epoch_or_an_unclaimed_partition_is_fenced() {
+        let b = batch(&[(0, 15, 1), (1, 0, 1)]);
+        let p = plan(&ledger(&[(0, 15, 2)]), &b);
+        assert!(p.advance.is_empty());
+        assert!(p.applicable.is_empty());
+        assert_eq!(p.report.fenced, vec![(0, 1), (1, 1)]);
     }
 }

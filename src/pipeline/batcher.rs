@@ -17,7 +17,7 @@ use crate::pipeline::{ActorFailed, Failure, Flow, Halt};
 
 /// Records for the open batch, in the order they were polled. The consumer sends what one poll
 /// round found (up to a few hundred), not one message per record: a mailbox round trip per
-/// record cost more than the batching itself.
+/// record costs more than the batching itself.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Ingest(pub Vec<Record>);

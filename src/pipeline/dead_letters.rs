@@ -116,7 +116,10 @@ impl Handler<PublishDeadLetters> for DeadLetters {
                 let source_topic = source_topic.clone();
                 let backoff = backoff.clone();
                 async move {
-                    let _ = backoff::future::retry(backoff, || async {
+                    // The pipeline's backoff has no deadline: this ends once the letter is in
+                    // the topic, and the batch waits for it (its ledger must not pass an
+                    // unpublished letter). Only a published letter is counted.
+                    let published = backoff::future::retry(backoff, || async {
                         publish(&producer, &topic, &source_topic, &letter, limit)
                             .await
                             .map_err(|e| {
@@ -125,11 +128,13 @@ impl Handler<PublishDeadLetters> for DeadLetters {
                             })
                     })
                     .await;
-                    crate::ops::telemetry::dead_letter(
-                        letter.reason.as_str(),
-                        letter.partition,
-                        letter.offset,
-                    );
+                    if published.is_ok() {
+                        crate::ops::telemetry::dead_letter(
+                            letter.reason.as_str(),
+                            letter.partition,
+                            letter.offset,
+                        );
+                    }
                 }
             });
             futures::future::join_all(sends).await;

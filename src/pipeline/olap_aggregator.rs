@@ -1,5 +1,5 @@
 //! OlapAggregator: applies batches to the OLAP store (MySQL; SQLite in the demo, see
-//! `olap.rs`) strictly in the order they were cut.
+//! `stores/olap/`) strictly in the order they were cut.
 //!
 //! Cassandra writes of several batches may finish in any order; this actor holds early arrivals
 //! in a reorder buffer and runs one transaction at a time in `seq` order, so each partition's
@@ -211,7 +211,9 @@ async fn apply(
         }
         let mut letters = Vec::with_capacity(rejected.len());
         for (i, detail) in rejected {
-            let record = &mut batch.records[i];
+            let Some(record) = batch.records.get_mut(i) else {
+                continue;
+            };
             let Some(order_id) = record.order().map(|o| o.order_id) else {
                 continue;
             };
@@ -225,11 +227,10 @@ async fn apply(
             record.reject(Reason::StoreRejected, detail);
             letters.extend(DeadLetter::of(record));
             backoff::future::retry(backoff.clone(), || async {
-                rejections
-                    .cassandra
-                    .delete(order_id)
-                    .await
-                    .map_err(backoff::Error::transient)
+                rejections.cassandra.delete(order_id).await.map_err(|e| {
+                    tracing::warn!(order_id, error = %e, "cassandra delete failed, retrying");
+                    backoff::Error::transient(e)
+                })
             })
             .await?;
         }

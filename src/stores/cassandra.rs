@@ -81,7 +81,7 @@ fn rejected_handshake(err: &(dyn std::error::Error + 'static)) -> bool {
     super::tls::handshake(err) == super::tls::Handshake::Rejected
 }
 
-/// A connected session with the prepared insert.
+/// A connected session with its prepared insert and delete.
 pub struct CassandraStore {
     session: Session,
     insert: PreparedStatement,
@@ -229,22 +229,31 @@ impl CassandraStore {
         Ok(orders)
     }
 
-    /// Whether the store answers a trivial query (readiness).
+    /// `NotMigrated` unless the `orders` table is still there. A node answers a write to a
+    /// table it does not have as it answers a value it refuses (Invalid), so refusals are only
+    /// taken as the data's once the table is known to exist.
+    pub(crate) async fn check_table(&self) -> Result<(), CassandraError> {
+        if table_exists(&self.session, &self.keyspace, "orders").await? {
+            Ok(())
+        } else {
+            Err(CassandraError::NotMigrated {
+                keyspace: self.keyspace.clone(),
+            })
+        }
+    }
+
+    /// Whether the store answers and still holds the `orders` table (readiness): a node that
+    /// lost the table answers, yet refuses every write.
     pub(crate) async fn ping(&self) -> bool {
-        self.session
-            .query_unpaged("SELECT release_version FROM system.local", ())
-            .await
-            .is_ok()
+        self.check_table().await.is_ok()
     }
 }
 
 fn classify(err: ExecutionError) -> CassandraError {
     match &err {
         // The node parsed the request and refused the values themselves: retrying cannot help.
-        ExecutionError::LastAttemptError(RequestAttemptError::DbError(
-            DbError::Invalid | DbError::SyntaxError,
-            _,
-        ))
+        // (A missing table is answered Invalid too: the writer tells the two apart.)
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Invalid, _))
         | ExecutionError::LastAttemptError(RequestAttemptError::SerializationError(_)) => {
             CassandraError::Rejected(Box::new(err))
         }

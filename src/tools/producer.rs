@@ -190,7 +190,7 @@ impl Actor for OrderProducer {
 }
 
 /// Stops publishing, then waits (up to `HALT_WAIT`) for the broker's answers to what was sent
-/// before stopping: stopping at once dropped them, and orders the topic holds went uncounted in
+/// before stopping, so that every order the topic holds is counted in
 /// `orderstream_producer_orders_total`.
 impl Handler<Halt> for OrderProducer {
     type Result = ResponseActFuture<Self, ()>;

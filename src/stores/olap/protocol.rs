@@ -23,7 +23,7 @@ use sqlx::{
 
 use super::OlapError;
 use crate::model::{
-    fold, plan, ApplyReport, Batch, Bisection, Claim, Deltas, LedgerRow, Plan, Totals,
+    fold, plan, ApplyReport, Batch, Bisection, Claim, Deltas, LedgerRow, Plan, Record, Totals,
 };
 use crate::ops::{MinuteRow, SalesRow};
 
@@ -230,7 +230,7 @@ where
         } = plan(&ledger, batch);
         report.applied_created_at_ms = applicable
             .iter()
-            .filter_map(|i| batch.records[*i].order())
+            .filter_map(|i| batch.records.get(*i).and_then(Record::order))
             .map(|o| o.created_at_ms)
             .collect();
         report.applied_orders = applicable.len();

@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
   PRIMARY KEY (topic, partition_id)
 ) ENGINE=InnoDB;
 
--- Leases of the node part of order ids (see src/node_lease.rs): one row per node, seeded by
+-- Leases of the node part of order ids (see src/tools/node_lease.rs): one row per node, seeded by
 -- migrate. A producer owns a node while expires_at is in the future; the next owner issues ids
 -- above reserved_until_ms (Unix milliseconds), the highest millisecond the last owner could use.
 CREATE TABLE IF NOT EXISTS producer_leases (
