@@ -182,12 +182,18 @@ pub async fn run(
     let health = Arc::new(Health::default());
     health.progress();
     // Lazy: no connection until the first query, so the console can show the store from the
-    // start (unreachable until it answers).
+    // start (unreachable until it answers). The console reads the sales over a connection of
+    // its own: however many browsers watch, the pipeline's connections stay the pipeline's.
     let pool = connect_mysql(&cfg.mysql).await?;
+    let console_pool = connect_mysql(&crate::config::MysqlConfig {
+        max_connections: 1,
+        ..cfg.mysql.clone()
+    })
+    .await?;
     crate::ops::start(OpsSettings {
         listen: cfg.http.listen.clone(),
         health: health.clone(),
-        sales: Some(Arc::new(OlapStore::Mysql(pool.clone()))),
+        sales: Some(Arc::new(OlapStore::Mysql(console_pool))),
         max_in_flight: cfg.pipeline.max_in_flight_batches,
     })
     .await?;

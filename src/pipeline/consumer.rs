@@ -143,6 +143,10 @@ pub struct KafkaConsumer {
     left: Option<tokio::sync::oneshot::Sender<()>>,
     /// Positions applied since the last commit hint, sent every `COMMIT_HINT_EVERY`.
     hints: BTreeMap<i32, i64>,
+    /// The claims under way, by partition: a revoke cancels its partition's claim, so that a
+    /// claim retrying through a MySQL outage cannot take the ledger from the member the
+    /// partition went to.
+    claims: HashMap<i32, SpawnHandle>,
 }
 
 impl KafkaConsumer {
@@ -161,6 +165,7 @@ impl KafkaConsumer {
             backoff: w.backoff,
             left: Some(w.left),
             hints: BTreeMap::new(),
+            claims: HashMap::new(),
         }
     }
 
@@ -201,13 +206,16 @@ impl KafkaConsumer {
             partition,
             self.backoff.clone(),
         );
-        ctx.spawn(
-            job.into_actor(self)
-                .map(move |result, act, ctx| match result {
-                    Ok(claim) => act.claimed(partition, token, claim),
-                    Err(failure) => act.claim_failed(partition, token, failure, ctx),
-                }),
-        );
+        let handle = ctx.spawn(job.into_actor(self).map(move |result, act, ctx| {
+            act.claims.remove(&partition);
+            match result {
+                Ok(claim) => act.claimed(partition, token, claim),
+                Err(failure) => act.claim_failed(partition, token, failure, ctx),
+            }
+        }));
+        if let Some(earlier) = self.claims.insert(partition, handle) {
+            ctx.cancel_future(earlier);
+        }
     }
 
     /// The claim of `partition` (attempt `token`) went through: start consuming it.
@@ -659,6 +667,9 @@ impl StreamHandler<AssignmentChange> for KafkaConsumer {
                 let mut gate = lock(&self.gate);
                 for p in partitions {
                     gate.partitions.remove(&p);
+                    if let Some(claim) = self.claims.remove(&p) {
+                        ctx.cancel_future(claim);
+                    }
                 }
             }
         }
