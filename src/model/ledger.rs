@@ -89,7 +89,9 @@ pub(crate) fn plan(ledger: &BTreeMap<i32, LedgerRow>, batch: &Batch) -> Plan {
             report.gaps.push((p, record.epoch));
         }
     }
-    // Pass 2: exactly the valid orders between the ledger and the new position.
+    // Pass 2: exactly the valid orders between the ledger and the new position. A range is
+    // enough: within one claim epoch a partition's offsets only grow (the consumer's gate
+    // admits each offset once), so no record of the range appears twice.
     let applicable = batch
         .records
         .iter()
