@@ -362,8 +362,10 @@ async fn orders_are_not_dead_lettered_when_cassandra_lost_its_table() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
-    // Migrated again, within the restart budget: the same process goes on.
+    // Migrated again, within the restart budget: the same process goes on, every partition
+    // within the bound.
     env.migrate(PARTITIONS);
+    common::resumes(&env, PARTITIONS, &before, "the orders table migrated again").await;
     let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
     common::ledger_reaches(&pool, &env.names.topic, &ends).await;
     assert_eq!(run.terminate(Duration::from_secs(30)), Some(0));

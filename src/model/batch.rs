@@ -101,8 +101,9 @@ impl BatchCutter {
     /// Adds a record; returns a batch when a size limit is reached.
     ///
     /// A batch starts with room for as many records as the one before it. Up to
-    /// `pipeline.max_in_flight_batches` (16 by default) are in flight during a drain, each holding its records until MySQL has them: grown one
-    /// record at a time, a batch of 5,000 records would sit in room for 8,192.
+    /// `pipeline.max_in_flight_batches` (16 by default) are in flight during a drain, each
+    /// holding its records until MySQL has them: grown one record at a time, a batch of 5,000
+    /// records would sit in room for 8,192.
     pub fn push(&mut self, record: Record, now: Instant) -> Option<Batch> {
         let seq = self.next_seq;
         let capacity = self.last_len;

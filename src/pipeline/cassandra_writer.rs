@@ -218,7 +218,7 @@ impl Handler<WriteBatch> for CassandraWriter {
         let aggregator = self.aggregator.clone();
         let dead_letters = self.dead_letters.clone();
         let backoff = self.backoff.clone();
-        let check_store = store.clone();
+        let table = store.clone();
         let work = async move {
             let started = Instant::now();
             // Cancelled if this future is dropped: a data-path restart drops the actor's futures,
@@ -240,7 +240,7 @@ impl Handler<WriteBatch> for CassandraWriter {
                 // Without its table the store refuses every order, and the data is not at
                 // fault: nothing is dead-lettered and the ledger stays; the data path restarts
                 // and reports the missing table until it is migrated again.
-                check_store.check_table().await?;
+                table.check_table().await?;
             }
             for (i, e) in refused {
                 // Refused for its data: from now on it is a dead letter, not an order.

@@ -124,11 +124,7 @@ impl CassandraStore {
     /// Connects and prepares the insert; fails with `NotMigrated` when the table is missing.
     pub async fn connect(cfg: &CassandraConfig) -> Result<Self, CassandraError> {
         let session = connect_session(cfg).await?;
-        if !table_exists(&session, &cfg.keyspace, "orders").await? {
-            return Err(CassandraError::NotMigrated {
-                keyspace: cfg.keyspace.clone(),
-            });
-        }
+        orders_table(&session, &cfg.keyspace).await?;
         let mut insert = session
             .prepare(format!(
                 "INSERT INTO {}.orders (order_id, created_at, platform_id, product_id, quantity, \
@@ -233,13 +229,7 @@ impl CassandraStore {
     /// table it does not have as it answers a value it refuses (Invalid), so refusals are only
     /// taken as the data's once the table is known to exist.
     pub(crate) async fn check_table(&self) -> Result<(), CassandraError> {
-        if table_exists(&self.session, &self.keyspace, "orders").await? {
-            Ok(())
-        } else {
-            Err(CassandraError::NotMigrated {
-                keyspace: self.keyspace.clone(),
-            })
-        }
+        orders_table(&self.session, &self.keyspace).await
     }
 
     /// Whether the store answers and still holds the `orders` table (readiness): a node that
@@ -258,6 +248,17 @@ fn classify(err: ExecutionError) -> CassandraError {
             CassandraError::Rejected(Box::new(err))
         }
         _ => CassandraError::Request(err.into()),
+    }
+}
+
+/// `NotMigrated` unless `keyspace.orders` exists.
+async fn orders_table(session: &Session, keyspace: &str) -> Result<(), CassandraError> {
+    if table_exists(session, keyspace, "orders").await? {
+        Ok(())
+    } else {
+        Err(CassandraError::NotMigrated {
+            keyspace: keyspace.to_owned(),
+        })
     }
 }
 
