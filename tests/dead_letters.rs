@@ -224,8 +224,9 @@ async fn orders_mysql_refuses_are_bisected_out_and_dead_lettered() {
 }
 
 /// docs/DESIGN.md, rule 7: while the dead-letter topic is unreachable, the batch holding an invalid
-/// record waits: the ledger never moves past that record and nothing restarts. Once the topic
-/// is back, the dead letter is published and everything completes exactly.
+/// record waits: the ledger never moves past that record, nothing restarts, and the watchdog
+/// reports the held partition on `/readyz`. Once the topic is back, the dead letter is
+/// published, the partition moves again within the bound and everything completes exactly.
 ///
 /// The outage is injected at the publish call (failpoint `dead_letter_publish`): tansu 0.6
 /// loses every topic's metadata when one topic is deleted, so the real broker cannot produce
@@ -265,10 +266,14 @@ async fn partition_is_held_while_the_dead_letter_topic_is_unreachable() {
         &["run", "--set", "pipeline.max_orders=100"],
         &[("ORDERSTREAM_FAILPOINTS", &failpoint)],
     );
-    // Held: for 15 s the ledger reaches the invalid record at most, and the pipeline stays up.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let mut highest = 0;
-    while std::time::Instant::now() < deadline {
+    // Held: the ledger reaches the invalid record at most, nothing restarts, and once the
+    // partition has waited `pipeline.stuck_after_ms` the watchdog reports it: `/readyz` stops
+    // answering 200, so the instance is never idle while it says all is well.
+    let port = env.http_port;
+    let held_since = std::time::Instant::now();
+    let within = Duration::from_millis(common::STUCK_AFTER_MS) + Duration::from_secs(20);
+    let mut highest;
+    let unready = loop {
         highest = orderstream::stores::OlapStore::Mysql(pool.clone())
             .read_ledger(&env.names.topic)
             .await
@@ -280,8 +285,21 @@ async fn partition_is_held_while_the_dead_letter_topic_is_unreachable() {
             highest <= bad_offset,
             "ledger {highest} moved past the undelivered dead letter at {bad_offset}"
         );
+        match common::http_get(port, "/readyz") {
+            Some((status, body)) if status != 200 => break body,
+            _ => {}
+        }
+        assert!(
+            held_since.elapsed() < within,
+            "the held partition was not reported within {within:?}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    };
+    println!(
+        "held partition reported after {:.1} s: {unready}",
+        held_since.elapsed().as_secs_f64()
+    );
+    assert!(unready.contains("partition 0 is stuck"), "{unready}");
     assert!(highest > 0, "the valid orders before it were applied");
     let metrics = common::scrape(env.http_port);
     assert_eq!(
@@ -293,10 +311,17 @@ async fn partition_is_held_while_the_dead_letter_topic_is_unreachable() {
         0.0
     );
 
-    // The topic comes back: the dead letter goes out and the pipeline catches up.
+    // The topic comes back: the dead letter goes out, the partition moves again within the
+    // bound, catches up, and the instance is ready again.
+    let held = common::ledger(&env, PARTITIONS).await;
     std::fs::remove_file(&outage).unwrap();
+    common::resumes(&env, PARTITIONS, &held, "the dead-letter topic came back").await;
     let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
     common::ledger_reaches(&pool, &env.names.topic, &ends).await;
+    common::eventually(Duration::from_secs(30), "ready again", || async move {
+        matches!(common::http_get(port, "/readyz"), Some((200, _)))
+    })
+    .await;
     assert_eq!(run.terminate(Duration::from_secs(30)), Some(0));
 
     let dead = common::read_topic(&env.broker.addr(), &env.names.dlq);
