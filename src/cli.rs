@@ -41,9 +41,12 @@ pub async fn migrate(cfg: &Config) -> anyhow::Result<()> {
 }
 
 /// Retries `attempt` while the dependency is unreachable; stops at once on a permanent error
-/// (an unmigrated store, say). A dependency down at startup is waited for, not crash-looped.
+/// (an unmigrated store, say). A dependency down at startup is waited for, not crash-looped:
+/// each attempt that comes back counts as progress for `/healthz`, so a liveness probe does not
+/// restart a process that is doing all it can.
 async fn wait_for<T, E, F, Fut>(
     cfg: &Config,
+    health: &Health,
     what: &str,
     permanent: impl Fn(&E) -> bool,
     mut attempt: F,
@@ -55,7 +58,9 @@ where
 {
     let mut delay = Duration::from_millis(cfg.supervision.backoff_initial_ms);
     loop {
-        match attempt().await {
+        let outcome = attempt().await;
+        health.progress();
+        match outcome {
             Ok(v) => return Ok(v),
             Err(e) if permanent(&e) => return Err(anyhow::Error::new(e).context(what.to_owned())),
             Err(e) => {
@@ -73,9 +78,10 @@ fn mysql_at(cfg: &Config) -> String {
 }
 
 /// Connects to both stores (MySQL through `pool`) and checks that everything is migrated.
-async fn connect_stores(cfg: &Config, pool: &MySqlPool) -> anyhow::Result<Stores> {
+async fn connect_stores(cfg: &Config, health: &Health, pool: &MySqlPool) -> anyhow::Result<Stores> {
     wait_for(
         cfg,
+        health,
         &mysql_at(cfg),
         |e: &OlapError| !e.is_transient(),
         || check_mysql_migrated(pool, &cfg.mysql),
@@ -83,6 +89,7 @@ async fn connect_stores(cfg: &Config, pool: &MySqlPool) -> anyhow::Result<Stores
     .await?;
     let cassandra = wait_for(
         cfg,
+        health,
         &format!("cassandra at {}", cfg.cassandra.contact_points.join(", ")),
         |e: &CassandraError| {
             matches!(e, CassandraError::NotMigrated { .. }) || e.is_configuration()
@@ -94,6 +101,7 @@ async fn connect_stores(cfg: &Config, pool: &MySqlPool) -> anyhow::Result<Stores
         let kcfg = cfg.kafka.clone();
         wait_for(
             cfg,
+            health,
             &format!("kafka at {}", cfg.kafka.brokers),
             KafkaError::is_configuration,
             || {
@@ -201,7 +209,7 @@ pub async fn run(
         if migrate_first {
             migrate(&cfg).await?;
         }
-        connect_stores(&cfg, &pool).await
+        connect_stores(&cfg, &health, &pool).await
     };
     let stores = tokio::select! {
         started = starting => started?,
@@ -259,6 +267,7 @@ pub async fn produce(mut cfg: Config, rate: u32, count: u64) -> anyhow::Result<i
     let pool = connect_mysql(&cfg.mysql).await?;
     wait_for(
         &cfg,
+        &health,
         &mysql_at(&cfg),
         |e: &OlapError| !e.is_transient(),
         || check_mysql_migrated(&pool, &cfg.mysql),

@@ -70,8 +70,8 @@ enum Command {
         /// fast as the broker accepts).
         #[arg(long)]
         rate: Option<u32>,
-        /// Stop after this many acknowledged orders.
-        #[arg(long)]
+        /// Stop after this many acknowledged orders (at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         count: Option<u64>,
     },
     /// Create topics, the Cassandra keyspace and table, the MySQL schema and seeds. Idempotent.
@@ -187,7 +187,8 @@ fn init_logging(command: &Command) {
 }
 
 /// The configuration overrides of the command line, lowest first: the demo's own settings and
-/// its `--rate`, then `--set`, then `produce`'s `--rate` and `--count`.
+/// its `--rate`, then `--set`, then `produce`'s `--rate` and `--count` and `run`'s
+/// `--produce-rate`.
 fn overrides(cli: &Cli) -> Vec<(String, String)> {
     let mut overrides = Vec::new();
     if let Command::Demo { rate, .. } = &cli.command {
@@ -213,8 +214,13 @@ fn overrides(cli: &Cli) -> Vec<(String, String)> {
     }
     if let Command::Produce {
         rate: Some(rate), ..
+    }
+    | Command::Run {
+        produce_rate: Some(rate),
+        ..
     } = &cli.command
     {
+        // Validated like the configured rate: 0 or more than the producer can pace is refused.
         overrides.push(("producer.rate_per_sec".into(), rate.to_string()));
     }
     if let Command::Produce {
@@ -238,7 +244,11 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<i32> {
         Command::Run {
             produce_rate,
             migrate,
-        } => cli::run(config, migrate, produce_rate).await,
+        } => {
+            // The flag's value, validated: `overrides` put it in the configuration.
+            let rate = produce_rate.map(|_| config.producer.rate_per_sec);
+            cli::run(config, migrate, rate).await
+        }
         Command::Produce { .. } => {
             let (rate, count) = (config.producer.rate_per_sec, config.producer.count);
             cli::produce(config, rate, count).await

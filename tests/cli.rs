@@ -29,6 +29,8 @@ fn usage_errors_exit_64_and_configuration_errors_78() {
         &["no-such-command"],
         &["run", "--produce-rate"],
         &["produce", "--rate", "fast"],
+        // A count of 0 would read as "forever" in the configuration.
+        &["produce", "--count", "0"],
     ] {
         let (code, _, err) = orderstream(args);
         assert_eq!(code, Some(64), "{args:?}: {err}");
@@ -48,15 +50,17 @@ fn usage_errors_exit_64_and_configuration_errors_78() {
 }
 
 #[test]
-fn a_rate_of_zero_is_refused_by_demo_and_produce_alike() {
+fn a_rate_of_zero_is_refused_by_demo_produce_and_run_alike() {
     let (demo_code, _, demo) = orderstream(&["demo", "--rate", "0"]);
     let (produce_code, _, produce) = orderstream(&["produce", "--rate", "0"]);
+    let (run_code, _, run) = orderstream(&["run", "--produce-rate", "0"]);
     assert_eq!(
-        (demo_code, produce_code),
-        (Some(78), Some(78)),
-        "{demo}{produce}"
+        (demo_code, produce_code, run_code),
+        (Some(78), Some(78), Some(78)),
+        "{demo}{produce}{run}"
     );
     assert_eq!(demo, produce);
+    assert_eq!(demo, run);
     assert_eq!(
         demo,
         "orderstream: invalid configuration at `producer.rate_per_sec`: 0 is outside \

@@ -9,8 +9,9 @@ use super::{invalid, ConfigError, KafkaConfig};
 
 /// Properties the pipeline sets itself: its exactly-once protocol (the group, offsets, commits,
 /// isolation, assignment, idempotence), its timeouts and queues (validated against the memory
-/// budget), and the security settings that have their own keys. Each maps to the key to use
-/// instead, or "" when there is none.
+/// budget), and the security settings that have their own keys, each under every name
+/// librdkafka takes for it (its aliases set the same property, and which of two settings wins is
+/// not defined). Each maps to the key to use instead, or "" when there is none.
 const OWNED: &[(&str, &str)] = &[
     ("bootstrap.servers", "kafka.brokers"),
     ("metadata.broker.list", "kafka.brokers"),
@@ -19,6 +20,7 @@ const OWNED: &[(&str, &str)] = &[
     ("group.protocol", ""),
     ("client.id", ""),
     ("enable.auto.commit", ""),
+    ("auto.commit.enable", ""),
     ("enable.auto.offset.store", ""),
     ("auto.commit.interval.ms", ""),
     ("auto.offset.reset", ""),
@@ -41,7 +43,9 @@ const OWNED: &[(&str, &str)] = &[
     ("request.required.acks", ""),
     ("transactional.id", ""),
     ("message.timeout.ms", ""),
+    ("delivery.timeout.ms", ""),
     ("linger.ms", ""),
+    ("queue.buffering.max.ms", ""),
     ("queue.buffering.max.messages", ""),
     ("queued.min.messages", ""),
     ("fetch.queue.backoff.ms", ""),
@@ -252,7 +256,7 @@ impl KafkaConfig {
     }
 
     /// librdkafka's own check of every property the clients get (unknown names, bad values,
-    /// `ssl` in a build without TLS), each reported with its key and never with its value (it
+    /// `ssl` in a build without TLS, an unknown `kafka.debug` context), each reported with its key and never with its value (it
     /// may be a secret under a misspelled name).
     fn check_with_librdkafka(&self) -> Result<(), ConfigError> {
         let passed = self.librdkafka_options.iter().map(|(name, value)| {
@@ -269,7 +273,9 @@ impl KafkaConfig {
                 .map_or("kafka.security_protocol", |(_, key)| key);
             (key.to_owned(), name, value)
         });
-        for (key, name, value) in passed.chain(security) {
+        let debug = (!self.debug.is_empty())
+            .then(|| ("kafka.debug".to_owned(), "debug", self.debug.clone()));
+        for (key, name, value) in passed.chain(security).chain(debug) {
             let mut probe = rdkafka::ClientConfig::new();
             probe.set(name, &value);
             if let Err(e) = probe.create_native_config() {
@@ -306,6 +312,32 @@ mod tests {
         );
         let err = load(&[("KAFKA__LIBRDKAFKA_OPTIONS__GROUP_ID", "other")]).unwrap_err();
         assert!(err.contains("set kafka.group_id instead"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_debug_context_is_refused_with_its_key() {
+        let err = load(&[("KAFKA__DEBUG", "consumer,nonsense")]).unwrap_err();
+        assert!(err.contains("kafka.debug"), "{err}");
+        assert!(load(&[("KAFKA__DEBUG", "consumer,cgrp")]).is_ok());
+    }
+
+    #[test]
+    fn an_owned_property_is_refused_under_its_aliases_too() {
+        // librdkafka's aliases set the same property as the name the pipeline sets.
+        for (var, name) in [
+            ("DELIVERY_TIMEOUT_MS", "delivery.timeout.ms"),
+            ("QUEUE_BUFFERING_MAX_MS", "queue.buffering.max.ms"),
+            ("AUTO_COMMIT_ENABLE", "auto.commit.enable"),
+            ("REQUEST_REQUIRED_ACKS", "request.required.acks"),
+            ("METADATA_BROKER_LIST", "metadata.broker.list"),
+        ] {
+            let var = format!("KAFKA__LIBRDKAFKA_OPTIONS__{var}");
+            let err = load(&[(var.as_str(), "1")]).unwrap_err();
+            assert!(
+                err.contains(&format!("kafka.librdkafka_options.{name}")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -112,9 +112,9 @@ pub struct KafkaConfig {
     /// stops polling (backpressure pauses partitions instead), so this can stay short; with
     /// Kafka's 300 s default, a rebalance after a broker freeze can stall for 5 minutes.
     pub max_poll_interval_ms: u32,
-    /// Upper bound of librdkafka's consumer prefetch queue (counted per partition by the memory
-    /// check, to be safe). It should hold a whole fetch round (about 1 MiB per partition), or
-    /// the consumer idles between rounds.
+    /// Upper bound of librdkafka's consumer prefetch queue, one queue for all partitions. It
+    /// should hold a whole fetch round (about 1 MiB per partition), or the consumer idles
+    /// between rounds.
     pub queued_max_messages_kbytes: u32,
     /// Upper bound of librdkafka's producer queue.
     pub producer_queue_max_kbytes: u32,
@@ -605,7 +605,8 @@ impl Config {
             return Err(invalid(
                 "pipeline.memory_budget_bytes",
                 format!(
-                    "worst-case memory {worst} bytes (prefetch + in-flight batches x max_bytes + \
+                    "worst-case memory {worst} bytes (prefetch + a fetch per partition + in-flight \
+                     batches x (max_bytes + max_record_bytes) + \
                      producer queue + cassandra inserts in flight + base) exceeds the budget of \
                      {} bytes",
                     p.memory_budget_bytes
@@ -615,18 +616,28 @@ impl Config {
         Ok(())
     }
 
-    /// Worst-case memory of one pipeline process: the consumer prefetch of every partition of the
-    /// topic (a single instance may own them all), every in-flight batch at its byte limit (held
-    /// twice: raw payloads and decoded orders), the producer queues, the inserts in flight and a
-    /// fixed base for the runtime and drivers.
+    /// Worst-case memory of one pipeline process: the consumer's prefetch, every in-flight batch
+    /// at its byte limit (held twice: raw payloads and decoded orders), the producer queues, the
+    /// inserts in flight and a fixed base for the runtime and drivers.
+    ///
+    /// The pipeline's consumer has one queue for all its partitions, which
+    /// `queued.max.messages.kbytes` bounds as a whole; librdkafka may overshoot that bound by one
+    /// fetch of each partition (`fetch.message.max.bytes`, 1 MiB unless set). A batch is cut
+    /// after the record that reaches `max_bytes`, so it may exceed it by one record.
     pub(crate) fn worst_case_memory_bytes(&self) -> u64 {
         const BASE: u64 = 48 * 1024 * 1024;
-        let prefetch = u64::from(self.kafka.queued_max_messages_kbytes)
-            * 1024
-            * self.kafka.partitions.max(1) as u64;
+        const PARTITION_FETCH_BYTES: u64 = 1024 * 1024;
+        let options = &self.kafka.librdkafka_options;
+        let partition_fetch = ["fetch.message.max.bytes", "max.partition.fetch.bytes"]
+            .iter()
+            .find_map(|name| options.get(*name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(PARTITION_FETCH_BYTES);
+        let prefetch = u64::from(self.kafka.queued_max_messages_kbytes) * 1024
+            + partition_fetch * self.kafka.partitions.max(1) as u64;
         // The batch being filled plus those in flight.
-        let batches =
-            (self.pipeline.max_in_flight_batches as u64 + 1) * self.pipeline.max_bytes as u64 * 2;
+        let batch = (self.pipeline.max_bytes + self.pipeline.max_record_bytes) as u64;
+        let batches = (self.pipeline.max_in_flight_batches as u64 + 1) * batch * 2;
         let producer = u64::from(self.kafka.producer_queue_max_kbytes) * 1024;
         // Driver buffers of the inserts in flight (measured: about 0.09 MiB each).
         let inserts = self.cassandra.concurrency as u64 * 96 * 1024;
@@ -963,6 +974,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("mysql.database"), "{err}");
+    }
+
+    #[test]
+    fn the_default_budget_takes_many_partitions_and_counts_each_fetch() {
+        let many =
+            Config::load(None, env(&[("ORDERSTREAM__KAFKA__PARTITIONS", "64")]), &[]).unwrap();
+        assert!(many.worst_case_memory_bytes() <= many.pipeline.memory_budget_bytes);
+        // Each partition's fetch may overshoot the queue's bound by its own size.
+        let err = Config::load(
+            None,
+            env(&[
+                ("ORDERSTREAM__KAFKA__PARTITIONS", "64"),
+                (
+                    "ORDERSTREAM__KAFKA__LIBRDKAFKA_OPTIONS__MAX_PARTITION_FETCH_BYTES",
+                    "8388608",
+                ),
+            ]),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("pipeline.memory_budget_bytes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -82,6 +82,14 @@ impl CassandraConfig {
                 format!("unknown level {:?}", self.consistency),
             )
         })?;
+        if self.user.is_empty() && !self.password.expose().is_empty() {
+            // Without a user the driver would not log in at all, and the node's refusal of an
+            // unauthenticated session would look like an outage.
+            return Err(invalid(
+                "cassandra.password",
+                "is given without cassandra.user",
+            ));
+        }
         range("cassandra.concurrency", self.concurrency as i64, 1, 4_096)?;
         range(
             "cassandra.request_timeout_ms",
@@ -256,6 +264,21 @@ pub(super) fn tls_files(
 #[cfg(test)]
 mod tests {
     use crate::config::from_env as load;
+
+    #[test]
+    fn a_cassandra_password_needs_a_user() {
+        let err = load(&[("CASSANDRA__PASSWORD", "s3cr3t")]).unwrap_err();
+        assert!(
+            err.contains("cassandra.password") && err.contains("cassandra.user"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cr3t"), "{err}");
+        assert!(load(&[
+            ("CASSANDRA__USER", "app"),
+            ("CASSANDRA__PASSWORD", "s3cr3t")
+        ])
+        .is_ok());
+    }
 
     #[test]
     fn tls_files_name_their_key() {
