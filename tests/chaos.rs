@@ -331,10 +331,34 @@ async fn broker_killed_and_restarted_10s_later() {
     let run = chaos.run();
     chaos.wait_applied(5_000).await;
     chaos.env.broker.proc.as_mut().unwrap().kill();
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    let killed = Instant::now();
+    // While the broker is gone the instance says so: not ready, the broker down.
+    let port = chaos.env.http_port;
+    let kafka_up = "orderstream_dependency_up{dependency=\"kafka\"}";
+    common::eventually(
+        Duration::from_secs(9),
+        "the broker reported down",
+        || async move {
+            let unready = matches!(common::http_get(port, "/readyz"),
+            Some((status, body)) if status != 200 && body.contains("broker"));
+            unready && common::metric_sum(&common::scrape(port), kafka_up) == 0.0
+        },
+    )
+    .await;
+    println!(
+        "FIGURES broker killed: reported down after {:.1} s",
+        killed.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(killed.elapsed())).await;
     chaos.env.broker.restart();
     let at_restart = chaos.ledger().await;
     chaos.resumes(&at_restart, "the broker started again").await;
+    common::eventually(
+        Duration::from_secs(30),
+        "the broker reported up",
+        || async move { common::metric_sum(&common::scrape(port), kafka_up) == 1.0 },
+    )
+    .await;
     chaos.wait_applied(chaos.total()).await;
     chaos.finish(run, "broker sigkill + 10 s").await;
 }

@@ -14,6 +14,8 @@ pub struct Health {
     pub ready: AtomicBool,
     /// Both stores answered their last probe.
     pub stores_reachable: AtomicBool,
+    /// The broker answered the watchdog's last read of the log ends.
+    pub broker_reachable: AtomicBool,
     /// Why the progress watchdog holds readiness back (see `watchdog.rs`).
     stuck: Mutex<Option<String>>,
     /// The partitions this instance's consumer holds (assigned and claimed, or being claimed).
@@ -46,6 +48,9 @@ impl Health {
     pub(crate) fn set_stores_reachable(&self, reachable: bool) {
         self.stores_reachable.store(reachable, Ordering::Relaxed);
     }
+    pub(crate) fn set_broker_reachable(&self, reachable: bool) {
+        self.broker_reachable.store(reachable, Ordering::Relaxed);
+    }
     pub(crate) fn set_stuck(&self, reason: Option<String>) {
         *locked(&self.stuck) = reason;
     }
@@ -65,14 +70,19 @@ impl Health {
     pub fn held(&self) -> BTreeSet<i32> {
         locked(&self.held).clone()
     }
-    /// What `/readyz` answers: the data path runs, both stores answer and no partition this
-    /// instance should serve is stuck; otherwise why not.
+    /// What `/readyz` answers: the data path runs, the broker and both stores answer and no
+    /// partition this instance should serve is stuck; otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
         if !self.ready.load(Ordering::Relaxed) {
             return Err("the consumer is joining the group or claiming its partitions".into());
         }
         if !self.stores_reachable.load(Ordering::Relaxed) {
             return Err("a store does not answer (see orderstream_dependency_up)".into());
+        }
+        // Without this, a broker gone for longer than the session timeout would leave the
+        // consumer with no partitions, nothing stuck that it holds, and readiness at 200.
+        if !self.broker_reachable.load(Ordering::Relaxed) {
+            return Err("the broker does not answer (see orderstream_dependency_up)".into());
         }
         match locked(&self.stuck).as_ref() {
             Some(reason) => Err(reason.clone()),

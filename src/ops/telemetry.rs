@@ -109,7 +109,7 @@ const DESCRIBED: &[(&str, Kind, Option<Unit>, &str)] = &[
     (END_TO_END, Kind::Histogram, Some(Unit::Seconds), "From an order's created_at to its MySQL commit."),
     (RESTARTS, Kind::Counter, None, "Data-path restarts after an unexpected failure, by actor."),
     (ACTOR_UP, Kind::Gauge, None, "1 while the actor runs, by actor."),
-    (DEPENDENCY_UP, Kind::Gauge, None, "1 while the store answered its last probe (every 2 s), by dependency."),
+    (DEPENDENCY_UP, Kind::Gauge, None, "1 while the dependency (kafka, cassandra, mysql) answered its last probe (every 2 s), by dependency."),
     (CONSUMER_REJOINS, Kind::Counter, None, "Times this instance left the consumer group and joined again as a new member, by reason."),
     (CONSUMER_RELEASED, Kind::Counter, None, "Partitions released because another member claimed them in the ledger."),
     (PARTITION_LAG, Kind::Gauge, None, "Records waiting between the ledger and the log end, by partition (every partition of the topic, whoever holds it)."),

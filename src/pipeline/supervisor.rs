@@ -366,8 +366,9 @@ impl Pipeline {
 
 /// How often the watchdog reads the ledger and the watermarks.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
-/// Rounds further apart than this (the broker or MySQL did not answer) leave a gap in what the
-/// watchdog saw: the time in between does not count as waiting.
+/// A round that starts longer than this after the last one ended (the process was frozen, or
+/// rounds were skipped because the broker or MySQL did not answer) leaves a gap in what the
+/// watchdog saw: the time since the last round does not count as waiting.
 const WATCH_GAP_MAX: Duration = Duration::from_secs(10);
 /// The longest wait between two rejoins while partitions stay stuck.
 const REJOIN_INTERVAL_MAX: Duration = Duration::from_secs(600);
@@ -396,7 +397,9 @@ impl Pipeline {
             }
         };
         self.watching = true;
+        let started = Instant::now();
         let (olap, topic) = (self.stores.olap.clone(), self.cfg.kafka.topic.clone());
+        let health = self.health.clone();
         let timeout = Duration::from_millis(u64::from(self.cfg.kafka.request_timeout_ms))
             .min(WATCH_EVERY * 2);
         let read = async move {
@@ -406,6 +409,10 @@ impl Pipeline {
             };
             let ledger = tokio::time::timeout(timeout, olap.read_ledger_owners(&topic));
             let (marks, ledger) = tokio::join!(marks, ledger);
+            // The log ends are also the broker's probe.
+            let broker_up = matches!(marks, Ok(Ok(_)));
+            telemetry::dependency_up("kafka", broker_up);
+            health.set_broker_reachable(broker_up);
             let marks = marks??;
             let ledger = ledger.map_err(|_| WatchError::LedgerTimeout)??;
             Ok::<_, WatchError>(
@@ -426,16 +433,17 @@ impl Pipeline {
                     .collect::<Vec<_>>(),
             )
         };
-        ctx.spawn(read.into_actor(self).map(|views, act, ctx| {
+        ctx.spawn(read.into_actor(self).map(move |views, act, ctx| {
             act.watching = false;
             match views {
-                Ok(views) => act.judge(views, ctx),
+                Ok(views) => act.judge(started, views, ctx),
                 Err(error) => tracing::debug!(%error, "watchdog round skipped"),
             }
         }));
     }
 
-    fn judge(&mut self, views: Vec<PartitionView>, ctx: &mut Context<Self>) {
+    /// Judges one round of views, read since `started`.
+    fn judge(&mut self, started: Instant, views: Vec<PartitionView>, ctx: &mut Context<Self>) {
         let now = Instant::now();
         // A store outage stalls every partition, held or not, and is reported as such: the
         // time it lasts is not counted as partitions waiting, and no new member would help.
@@ -446,7 +454,7 @@ impl Pipeline {
         if !stores_up {
             self.watchdog.suspend();
         }
-        for change in self.watchdog.observe(now, views) {
+        for change in self.watchdog.observe_read(started, now, views) {
             match change {
                 Change::Stuck { view, waiting } => {
                     telemetry::partition_stuck(
@@ -482,7 +490,10 @@ impl Pipeline {
         // A consumer that has just started gets its partitions within a rebalance; until then
         // it holds nothing, which is no reason to leave the group again.
         let settled = self.path_started.elapsed() >= self.watchdog.stuck_after();
+        // During a store outage partitions stay stuck (their clocks paused), and a new member
+        // would not help.
         if settled
+            && stores_up
             && self.path.is_some()
             && !self.restarting
             && !self.draining
@@ -557,9 +568,11 @@ impl Actor for Pipeline {
         if let Err(failure) = self.start_path(ctx) {
             self.restart("consumer", &failure, ctx);
         }
-        // Readiness follows the stores: an outage is waited out inside the actors (retries with
+        // Readiness follows the stores and the broker: an outage is waited out inside the actors (retries with
         // backoff, no restart), and meanwhile the instance reports itself not ready.
         self.health.set_stores_reachable(true);
+        self.health.set_broker_reachable(true);
+        telemetry::dependency_up("kafka", true);
         telemetry::dependency_up("cassandra", true);
         // The `mysql` series stands for the OLAP store, whichever it is (SQLite in the demo), so
         // the dashboards and alerts work unchanged.

@@ -42,7 +42,8 @@ impl PartitionView {
 #[derive(Debug, Clone)]
 pub struct Progress {
     pub view: PartitionView,
-    /// When the ledger last moved, or was last seen at the log end.
+    /// When the ledger last moved, or was last seen at the log end; moved forward by the time
+    /// not watched (gaps, store outages).
     pub progressed_at: Instant,
     pub stuck: bool,
 }
@@ -74,7 +75,7 @@ pub struct Watchdog {
     /// Rounds further apart than this leave a gap: what happened in between was not seen.
     max_gap: Duration,
     last_round: Option<Instant>,
-    /// The next round starts every clock afresh (see `suspend`).
+    /// The next round does not count the time since the last one as waiting (see `suspend`).
     suspended: bool,
     partitions: BTreeMap<i32, Progress>,
 }
@@ -94,23 +95,39 @@ impl Watchdog {
         self.stuck_after
     }
 
-    /// The next round does not count the time before it as waiting: an outage of a store is
-    /// going on, which stalls every partition and is reported by its own signals.
+    /// The next round does not count the time since the round before as waiting: an outage of
+    /// a store is going on, which stalls every partition and is reported by its own signals.
     pub(crate) fn suspend(&mut self) {
         self.suspended = true;
     }
 
-    /// Takes one round of views (every partition of the topic) and says what changed.
+    /// Takes one round of views (every partition of the topic), read at `now`, and says what
+    /// changed.
+    #[cfg(test)]
     pub(crate) fn observe(&mut self, now: Instant, views: Vec<PartitionView>) -> Vec<Change> {
-        let gap = self
-            .last_round
-            .is_some_and(|t| now.saturating_duration_since(t) > self.max_gap);
-        if gap || self.suspended {
-            // Start every clock afresh, quietly: a partition still stuck afterwards is
-            // reported again once it has waited `stuck_after` in plain sight.
-            for p in self.partitions.values_mut() {
-                p.progressed_at = now;
-                p.stuck = false;
+        self.observe_read(now, now, views)
+    }
+
+    /// Takes one round of views read between `started` and `now`. Only the time between the
+    /// last round's end and this one's start can be a gap: a slow read (a partition without a
+    /// leader for a while) is still time watched.
+    pub(crate) fn observe_read(
+        &mut self,
+        started: Instant,
+        now: Instant,
+        views: Vec<PartitionView>,
+    ) -> Vec<Change> {
+        if let Some(last) = self.last_round {
+            let gap = started.saturating_duration_since(last) > self.max_gap;
+            if gap || self.suspended {
+                // The clocks pause, they do not start afresh: the time since the last round is
+                // not counted as waiting, and what a partition had waited before still counts.
+                // So a store probe that fails now and then cannot keep a partition nobody
+                // consumes from ever being reported.
+                let unwatched = now.saturating_duration_since(last);
+                for p in self.partitions.values_mut() {
+                    p.progressed_at = (p.progressed_at + unwatched).min(now);
+                }
             }
         }
         self.suspended = false;
@@ -307,20 +324,61 @@ mod tests {
         };
         round(&mut w, 0);
         round(&mut w, 8);
-        // No round for 40 s (MySQL did not answer): the clock starts again at 48.
-        for at in (48..=73).step_by(5) {
+        // No round for 40 s (MySQL did not answer): those 40 s are not waiting, the 8 before
+        // still are, so the partition is stuck 22 s of watching later, at 70.
+        for at in (48..=68).step_by(5) {
             assert!(round(&mut w, at).is_empty(), "at {at}");
         }
-        let changes = round(&mut w, 78);
+        let changes = round(&mut w, 70);
         assert!(matches!(changes[..], [Change::Stuck { .. }]), "{changes:?}");
-        // A store outage: a suspended round clears the verdict quietly and restarts the clock.
-        w.suspend();
-        assert!(round(&mut w, 80).is_empty());
-        assert!(w.partitions().all(|p| !p.stuck));
-        for at in (85..=105).step_by(5) {
+        // A store outage: the verdict stands, quietly, and the clock does not move.
+        for at in (72..=100).step_by(2) {
+            w.suspend();
             assert!(round(&mut w, at).is_empty(), "at {at}");
+            assert!(w.partitions().all(|p| p.stuck));
         }
-        assert_eq!(round(&mut w, 110).len(), 1);
+        assert!(round(&mut w, 102).is_empty());
+        assert!(w.partitions().all(|p| p.stuck));
+    }
+
+    #[test]
+    fn a_probe_failing_now_and_then_does_not_hide_a_stuck_partition() {
+        let t0 = Instant::now();
+        let mut w = Watchdog::new(AFTER, GAP);
+        let mut stuck_at = None;
+        for at in (0..=60).step_by(2) {
+            // One round in five sees a store probe that missed its deadline.
+            if at % 10 == 4 {
+                w.suspend();
+            }
+            let changes = w.observe(t0 + Duration::from_secs(at), vec![view(0, 10, 20)]);
+            if !changes.is_empty() && stuck_at.is_none() {
+                stuck_at = Some(at);
+            }
+        }
+        // 30 s of waiting, plus the 2 s of each of the suspended rounds.
+        assert_eq!(stuck_at, Some(38));
+    }
+
+    #[test]
+    fn a_slow_read_is_watched_time_not_a_gap() {
+        let t0 = Instant::now();
+        let mut w = Watchdog::new(AFTER, GAP);
+        let mut last_end = t0;
+        let mut stuck_at = None;
+        for round in 0..10u64 {
+            // Every read takes 12 s (leaderless partitions time out one after another), longer
+            // than the gap, and starts 2 s after the last one ended.
+            let started = last_end + Duration::from_secs(2);
+            let end = started + Duration::from_secs(12);
+            let changes = w.observe_read(started, end, vec![view(0, 10, 20)]);
+            if !changes.is_empty() && stuck_at.is_none() {
+                stuck_at = Some(round);
+            }
+            last_end = end;
+        }
+        // Stuck once 30 s have been seen: waiting is 14, 28 and 42 s at rounds 1, 2 and 3.
+        assert_eq!(stuck_at, Some(3));
     }
 
     #[test]
