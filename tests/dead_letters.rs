@@ -339,6 +339,88 @@ async fn partition_is_held_while_the_dead_letter_topic_is_unreachable() {
     common::assert_stores_exact(&env, PARTITIONS, 2000).await;
 }
 
+/// The dead-letter producer is idempotent, and librdkafka ends such a producer with a fatal
+/// error when the broker lost its sequence numbers; every send fails from then on. The data path
+/// restarts with a new producer, by itself and within the bound, and the letter goes out once.
+///
+/// The fatal error is injected with librdkafka's own test hook (failpoint `dead_letter_fatal`):
+/// no test broker raises it at will.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fatal_error_of_the_dead_letter_producer_restarts_the_data_path() {
+    let _heavy = common::heavy();
+    const PARTITIONS: i32 = 1;
+    let env = Env::start();
+    env.migrate(PARTITIONS);
+    let pool = env.mysql(PARTITIONS).await;
+    env.produce(PARTITIONS, 1000);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", env.broker.addr())
+        .create()
+        .unwrap();
+    let bad_offset = producer
+        .send(
+            FutureRecord::to(&env.names.topic)
+                .key("bad")
+                .payload("not json at all"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+        .offset;
+    env.produce(PARTITIONS, 1000);
+
+    let log = env.root.path().join("run-fatal.log");
+    let mut run = env.spawn_logged(
+        PARTITIONS,
+        &["run", "--set", "pipeline.max_orders=100"],
+        &log,
+        &[("ORDERSTREAM_FAILPOINTS", "dead_letter_fatal=once@1")],
+    );
+    let restarts = "orderstream_supervisor_restarts_total{actor=\"cassandra_writer\"}";
+    let port = env.http_port;
+    common::eventually(
+        Duration::from_secs(60),
+        "the data path restarted",
+        || async move {
+            common::http_get(port, "/metrics")
+                .is_some_and(|(_, metrics)| common::metric_sum(&metrics, restarts) >= 1.0)
+        },
+    )
+    .await;
+    let at_restart = common::ledger(&env, PARTITIONS).await;
+    common::resumes(
+        &env,
+        PARTITIONS,
+        &at_restart,
+        "the dead-letter producer failed fatally",
+    )
+    .await;
+    let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
+    common::ledger_reaches(&pool, &env.names.topic, &ends).await;
+    assert_eq!(run.terminate(Duration::from_secs(30)), Some(0));
+
+    let dead = common::read_topic(&env.broker.addr(), &env.names.dlq);
+    let coordinates: Vec<(String, String)> = dead
+        .iter()
+        .map(|d| {
+            (
+                d.headers["source_partition"].clone(),
+                d.headers["source_offset"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(coordinates, vec![("0".to_string(), bad_offset.to_string())]);
+    assert_eq!(dead[0].headers["error"], "not_json");
+    common::assert_stores_exact(&env, PARTITIONS, 2000).await;
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        log.matches("failpoint: fatal error raised").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("publishing a dead letter"), "{log}");
+}
+
 /// Cassandra answers a write to a table it does not have as it answers a value it refuses. A
 /// node that lost the keyspace (wiped, dropped by mistake) is an outage: no order is
 /// dead-lettered, the ledger stays where it is, and once the table is back the pipeline goes on

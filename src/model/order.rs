@@ -481,10 +481,17 @@ fn parse_timestamp(text: &str) -> Result<i64, Rejection> {
                 _ => b.is_ascii_digit(),
             })
     };
+    // chrono reads second 60 as a leap second at any minute and stores it as the next minute's
+    // first second; the contract takes no leap seconds.
     let ms = if !shaped(text.as_bytes()) {
         return Err(Rejection::new(
             Reason::BadTimestamp,
             format!("created_at {text:?} is neither RFC 3339 nor YYYY-MM-DD HH:MM:SS"),
+        ));
+    } else if text.get(17..19) == Some("60") {
+        return Err(Rejection::new(
+            Reason::BadTimestamp,
+            format!("created_at {text:?} has second 60: leap seconds are not accepted"),
         ));
     } else if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
         dt.timestamp_millis()
@@ -810,6 +817,9 @@ mod tests {
             "2024-05-0110:20:30",
             "2024-05-01 10:20:30 ",
             "2024-05-01T1:02:03Z",
+            "2024-05-01T10:20:60Z",
+            "2024-05-01 10:20:60",
+            "2016-12-31T23:59:60Z",
         ] {
             assert_eq!(
                 decode(&with("created_at", serde_json::json!(bad)), LIMIT)

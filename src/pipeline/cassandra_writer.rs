@@ -257,7 +257,7 @@ impl Handler<WriteBatch> for CassandraWriter {
                 dead_letters
                     .send(PublishDeadLetters(letters))
                     .await
-                    .map_err(|e| Failure::gone("dead_letters", e))?;
+                    .map_err(|e| Failure::gone("dead_letters", e))??;
             }
             aggregator
                 .send(BatchWritten(batch))

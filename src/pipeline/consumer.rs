@@ -373,8 +373,8 @@ async fn claim_partition(
     partition: i32,
     backoff: ExponentialBackoff,
 ) -> Result<Claim, Failure> {
-    let (low, high) = watermarks(&client, &settings, partition, backoff.clone()).await?;
-    let claim = backoff::future::retry(backoff, || async {
+    let (low, mut high) = watermarks(&client, &settings, partition, backoff.clone()).await?;
+    let claim = backoff::future::retry(backoff.clone(), || async {
         store
             .claim(&settings.topic, partition, &settings.owner, low)
             .await
@@ -391,6 +391,12 @@ async fn claim_partition(
     #[cfg(feature = "failpoints")]
     crate::pipeline::failpoints::hit("after_claim");
     let (topic, ledger) = (settings.topic.clone(), claim.next_offset);
+    if ledger > high {
+        // The log end was read before the claim: a member that held the partition until then
+        // may have applied records written since. Only a ledger still ahead of the log now
+        // means the topic was recreated.
+        high = watermarks(&client, &settings, partition, backoff).await?.1;
+    }
     if ledger > high {
         return Err(Failure::LedgerAheadOfLog {
             topic,

@@ -5,18 +5,19 @@
 //! `source_offset`. The request returns only when the broker acknowledged every record, so a
 //! batch's ledger cannot move past an invalid record before its dead letter is stored. While the
 //! topic is unreachable the publish is retried with backoff, which holds the batch and, through
-//! backpressure, the partition.
+//! backpressure, the partition. A producer that hit a fatal error answers with a failure: the
+//! data path restarts with a new one.
 
 use std::time::Duration;
 
 use actix::prelude::*;
 use backoff::ExponentialBackoff;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 
 use crate::model::{Content, Reason, Record};
-use crate::pipeline::Halt;
+use crate::pipeline::{Failure, Halt};
 
 /// One record to dead-letter.
 #[derive(Debug, Clone)]
@@ -44,9 +45,10 @@ impl DeadLetter {
     }
 }
 
-/// Publish these and answer once all are acknowledged.
+/// Publish these and answer once all are acknowledged, or with the failure that no retry of
+/// this producer can get past (a fatal error of the idempotent producer).
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), Failure>")]
 pub struct PublishDeadLetters(pub Vec<DeadLetter>);
 
 pub struct DeadLetters {
@@ -101,7 +103,7 @@ fn payload_hash(bytes: &[u8]) -> u64 {
 }
 
 impl Handler<PublishDeadLetters> for DeadLetters {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseActFuture<Self, Result<(), Failure>>;
 
     fn handle(&mut self, msg: PublishDeadLetters, _: &mut Self::Context) -> Self::Result {
         let producer = self.producer.clone();
@@ -109,7 +111,7 @@ impl Handler<PublishDeadLetters> for DeadLetters {
         let source_topic = self.source_topic.clone();
         let limit = self.max_payload_bytes;
         let backoff = self.backoff.clone();
-        Box::pin(async move {
+        let publish_all = async move {
             let sends = msg.0.into_iter().map(|letter| {
                 let producer = producer.clone();
                 let topic = topic.clone();
@@ -118,27 +120,36 @@ impl Handler<PublishDeadLetters> for DeadLetters {
                 async move {
                     // The pipeline's backoff has no deadline: this ends once the letter is in
                     // the topic, and the batch waits for it (its ledger must not pass an
-                    // unpublished letter). Only a published letter is counted.
-                    let published = backoff::future::retry(backoff, || async {
+                    // unpublished letter). Only a published letter is counted. A producer that
+                    // hit a fatal error refuses every send from then on: that is the data
+                    // path's to restart, with a new producer.
+                    backoff::future::retry(backoff, || async {
                         publish(&producer, &topic, &source_topic, &letter, limit)
                             .await
                             .map_err(|e| {
+                                if producer.client().fatal_error().is_some() {
+                                    return backoff::Error::permanent(e);
+                                }
                                 tracing::warn!(error = %e, "dead-letter publish failed, retrying");
                                 backoff::Error::transient(e)
                             })
                     })
-                    .await;
-                    if published.is_ok() {
-                        crate::ops::telemetry::dead_letter(
-                            letter.reason.as_str(),
-                            letter.partition,
-                            letter.offset,
-                        );
-                    }
+                    .await
+                    .map_err(|e| Failure::kafka("publishing a dead letter", e))?;
+                    crate::ops::telemetry::dead_letter(
+                        letter.reason.as_str(),
+                        letter.partition,
+                        letter.offset,
+                    );
+                    Ok::<(), Failure>(())
                 }
             });
-            futures::future::join_all(sends).await;
-        })
+            futures::future::try_join_all(sends).await.map(|_| ())
+        };
+        // Run in the actor's context, not detached: when the data path halts, its publishes
+        // still retrying stop with it (the replay publishes them again) instead of living on
+        // with their producer.
+        Box::pin(publish_all.into_actor(self))
     }
 }
 
@@ -149,6 +160,10 @@ async fn publish(
     letter: &DeadLetter,
     limit: usize,
 ) -> Result<(), rdkafka::error::KafkaError> {
+    #[cfg(feature = "failpoints")]
+    if crate::pipeline::failpoints::fires("dead_letter_fatal") {
+        crate::pipeline::failpoints::raise_fatal_error(producer.client());
+    }
     #[cfg(feature = "failpoints")]
     if crate::pipeline::failpoints::failing("dead_letter_publish") {
         return Err(rdkafka::error::KafkaError::MessageProduction(

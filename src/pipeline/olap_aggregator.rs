@@ -238,7 +238,7 @@ async fn apply(
             .dead_letters
             .send(PublishDeadLetters(letters))
             .await
-            .map_err(|e| Failure::gone("dead_letters", e))?;
+            .map_err(|e| Failure::gone("dead_letters", e))??;
     }
 }
 

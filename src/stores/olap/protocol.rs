@@ -278,6 +278,13 @@ where
     ) -> Result<Option<String>, OlapError> {
         sqlx::raw_sql("SAVEPOINT probe").execute(&mut **tx).await?;
         let outcome = Self::write_deltas(tx, deltas).await;
+        // A deadlock or a lost connection ends the whole transaction, savepoint and all: that
+        // error, not the savepoint's absence, is what the caller must see (it is retried).
+        if let Err(e) = &outcome {
+            if e.is_transient() {
+                return outcome.map(|()| None);
+            }
+        }
         // A failed statement is rolled back on its own; the savepoint undoes the ones before it.
         sqlx::raw_sql("ROLLBACK TO SAVEPOINT probe")
             .execute(&mut **tx)
