@@ -227,21 +227,41 @@ impl Handler<WriteBatch> for CassandraWriter {
             let task = AbortOnDropHandle::new(tokio::spawn(insert_all(
                 store,
                 permits,
-                backoff,
+                backoff.clone(),
                 concurrency,
                 batch,
             )));
-            let (mut batch, Inserted { written, refused }) =
-                task.await.map_err(|source| Failure::Task {
-                    task: "cassandra inserts",
-                    source,
-                })?;
+            let (
+                mut batch,
+                Inserted {
+                    mut written,
+                    refused,
+                },
+            ) = task.await.map_err(|source| Failure::Task {
+                task: "cassandra inserts",
+                source,
+            })?;
+            let mut still_refused = Vec::with_capacity(refused.len());
             if !refused.is_empty() {
                 // Without its table the store refuses every order, and the data is not at
                 // fault: nothing is dead-lettered and the ledger stays; the data path restarts
                 // and reports the missing table until it is migrated again.
                 table.check_table().await?;
+                // The table is on every node now, but a refusal may come from a node that did
+                // not have it yet: each refused order is written once more, and only a second
+                // refusal is the data's.
+                let mut block = Reused::new();
+                for (i, _) in refused {
+                    let Some(order) = batch.records.get(i).and_then(|r| r.order()) else {
+                        continue;
+                    };
+                    match insert_with_retry(|| table.insert(order), &mut block, &backoff).await {
+                        Ok(()) => written += 1,
+                        Err(e) => still_refused.push((i, e)),
+                    }
+                }
             }
+            let refused = still_refused;
             for (i, e) in refused {
                 // Refused for its data: from now on it is a dead letter, not an order.
                 if let Some(record) = batch.records.get_mut(i) {

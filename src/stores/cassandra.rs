@@ -225,17 +225,25 @@ impl CassandraStore {
         Ok(orders)
     }
 
-    /// `NotMigrated` unless the `orders` table is still there. A node answers a write to a
-    /// table it does not have as it answers a value it refuses (Invalid), so refusals are only
-    /// taken as the data's once the table is known to exist.
+    /// `NotMigrated` unless the `orders` table is still there, and an error unless every node
+    /// agrees on the schema. A node answers a write to a table it does not have as it answers a
+    /// value it refuses (Invalid), so refusals are only taken as the data's once the table is
+    /// known to exist on every node.
     pub(crate) async fn check_table(&self) -> Result<(), CassandraError> {
-        orders_table(&self.session, &self.keyspace).await
+        orders_table(&self.session, &self.keyspace).await?;
+        match self.session.check_schema_agreement().await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(CassandraError::Request(
+                "the nodes do not agree on the schema yet (a table still spreading)".into(),
+            )),
+            Err(e) => Err(CassandraError::Request(e.into())),
+        }
     }
 
     /// Whether the store answers and still holds the `orders` table (readiness): a node that
     /// lost the table answers, yet refuses every write.
     pub(crate) async fn ping(&self) -> bool {
-        self.check_table().await.is_ok()
+        orders_table(&self.session, &self.keyspace).await.is_ok()
     }
 }
 
