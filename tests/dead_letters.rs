@@ -339,6 +339,54 @@ async fn partition_is_held_while_the_dead_letter_topic_is_unreachable() {
     common::assert_stores_exact(&env, PARTITIONS, 2000).await;
 }
 
+/// An invalid record larger than the dead-letter producer may send (1,000,000 bytes) while
+/// `pipeline.max_record_bytes` allows it: its dead letter carries as much of it as the producer
+/// may send, with its length and hash, instead of being refused for its size again and again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_record_larger_than_a_dead_letter_may_be_is_truncated_not_held() {
+    let _heavy = common::heavy();
+    const PARTITIONS: i32 = 1;
+    const LARGE: usize = 1_200_000;
+    let mut env = Env::start();
+    // For the pipeline and for the audit alike.
+    env.extra_vars
+        .push(("PIPELINE__MAX_RECORD_BYTES".into(), "2097152".into()));
+    env.migrate(PARTITIONS);
+    let pool = env.mysql(PARTITIONS).await;
+    env.produce(PARTITIONS, 100);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", env.broker.addr())
+        .set("message.max.bytes", "3000000")
+        .create()
+        .unwrap();
+    let large_offset = producer
+        .send(
+            FutureRecord::to(&env.names.topic)
+                .key("large")
+                .payload(&vec![b'x'; LARGE]),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+        .offset;
+    env.produce(PARTITIONS, 100);
+
+    let mut run = env.spawn(PARTITIONS, &["run"]);
+    let ends = common::log_ends(&env.broker.addr(), &env.names.topic);
+    common::ledger_reaches(&pool, &env.names.topic, &ends).await;
+    assert_eq!(run.terminate(Duration::from_secs(30)), Some(0));
+
+    let dead = common::read_topic(&env.broker.addr(), &env.names.dlq);
+    assert_eq!(dead.len(), 1);
+    let letter = &dead[0];
+    assert_eq!(letter.headers["source_offset"], large_offset.to_string());
+    assert_eq!(letter.headers["error"], "not_json");
+    assert_eq!(letter.payload.len(), 1_000_000 - 16 * 1024);
+    assert_eq!(letter.headers["original_length"], LARGE.to_string());
+    assert_eq!(letter.headers["original_fnv1a64"].len(), 16);
+    common::assert_stores_exact(&env, PARTITIONS, 200).await;
+}
+
 /// The dead-letter producer is idempotent, and librdkafka ends such a producer with a fatal
 /// error when the broker lost its sequence numbers; every send fails from then on. The data path
 /// restarts with a new producer, by itself and within the bound, and the letter goes out once.

@@ -644,6 +644,24 @@ impl Config {
         BASE + prefetch + batches + producer + inserts
     }
 
+    /// How much of a record's payload its dead letter carries: the whole record up to
+    /// `pipeline.max_record_bytes`, but never more than the dead-letter producer may send
+    /// (librdkafka's `message.max.bytes`, 1,000,000 unless passed through) less room for the
+    /// headers. A letter the producer refuses for its size would hold its partition forever.
+    pub fn dead_letter_payload_bytes(&self) -> usize {
+        const PRODUCER_MESSAGE_MAX: usize = 1_000_000;
+        const HEADERS_ROOM: usize = 16 * 1024;
+        let message_max = self
+            .kafka
+            .librdkafka_options
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(PRODUCER_MESSAGE_MAX);
+        self.pipeline
+            .max_record_bytes
+            .min(message_max.saturating_sub(HEADERS_ROOM))
+    }
+
     /// The configuration as TOML, secrets redacted.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
@@ -998,6 +1016,25 @@ mod tests {
             err.to_string().contains("pipeline.memory_budget_bytes"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_dead_letter_fits_what_its_producer_may_send() {
+        let load = |vars: &[(&str, &str)]| Config::load(None, env(vars), &[]).unwrap();
+        assert_eq!(load(&[]).dead_letter_payload_bytes(), 64 * 1024);
+        let large = [("ORDERSTREAM__PIPELINE__MAX_RECORD_BYTES", "2097152")];
+        assert_eq!(
+            load(&large).dead_letter_payload_bytes(),
+            1_000_000 - 16 * 1024
+        );
+        let raised = [
+            ("ORDERSTREAM__PIPELINE__MAX_RECORD_BYTES", "2097152"),
+            (
+                "ORDERSTREAM__KAFKA__LIBRDKAFKA_OPTIONS__MESSAGE_MAX_BYTES",
+                "8388608",
+            ),
+        ];
+        assert_eq!(load(&raised).dead_letter_payload_bytes(), 2_097_152);
     }
 
     #[test]

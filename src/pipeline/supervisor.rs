@@ -201,7 +201,7 @@ impl Pipeline {
             dlq_producer,
             cfg.kafka.dead_letter_topic.clone(),
             cfg.kafka.topic.clone(),
-            cfg.pipeline.max_record_bytes,
+            cfg.dead_letter_payload_bytes(),
             backoff.clone(),
         )
         .start();
