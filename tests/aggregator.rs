@@ -133,6 +133,7 @@ async fn out_of_order_writes_commit_in_offset_order(backend: Backend) {
         supervisor: recorder.clone().recipient(),
         health: Arc::new(Health::default()),
         backoff: orderstream::pipeline::retry_backoff(&cfg),
+        statement_timeout: Duration::from_millis(cfg.mysql.timeout_ms),
     })
     .start();
     aggregator

@@ -283,7 +283,8 @@ pub struct MysqlConfig {
     pub database: String,
     /// Connections in the pool.
     pub max_connections: u32,
-    /// Timeout to acquire a connection or run a statement.
+    /// How long connecting, waiting for a pooled connection, or one call of the data path (a
+    /// claim, a batch's transaction, a bisection) may take before it is given up and retried.
     pub timeout_ms: u64,
     /// TLS to the server, MySQL's modes: `disabled`; `preferred` (TLS when the server offers
     /// it, unchecked); `required` (TLS or no connection, certificate unchecked); `verify_ca`

@@ -43,12 +43,13 @@ impl Record {
     }
 
     /// Turns an order a store refused into an invalid record (docs/DESIGN.md, rule 10). Valid
-    /// records do not keep their original bytes, so the dead letter carries the order re-encoded.
+    /// records do not keep their original bytes (that would hold every order in flight twice),
+    /// so the dead letter carries the order re-encoded; its coordinates name the original.
     pub fn reject(&mut self, reason: Reason, detail: String) {
         if let Content::Valid(order) = &self.content {
             let payload = order.to_json();
             self.content = Content::Invalid {
-                rejection: Rejection { reason, detail },
+                rejection: Rejection::new(reason, detail),
                 payload,
             };
         }

@@ -188,7 +188,7 @@ impl Rejection {
     /// The detail is cut to `MAX_DETAIL` bytes (at a character boundary, then `…`): it travels
     /// in a dead letter's header, and it quotes the record (a number's text, a timestamp) that
     /// may be as long as the record.
-    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: Reason, detail: impl Into<String>) -> Self {
         let mut detail = detail.into();
         if detail.len() > MAX_DETAIL {
             let mut end = MAX_DETAIL;

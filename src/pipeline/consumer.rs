@@ -27,7 +27,7 @@ use crate::ops::{telemetry, Health};
 use crate::pipeline::batcher::{Batcher, Ingest};
 use crate::pipeline::olap_aggregator::BatchCommitted;
 use crate::pipeline::{ActorFailed, Failure, Flow, Halt, Remedy};
-use crate::stores::{AssignmentChange, LedgerContext, OlapStore};
+use crate::stores::{within, AssignmentChange, LedgerContext, OlapStore};
 
 type Client = StreamConsumer<LedgerContext>;
 
@@ -106,6 +106,8 @@ pub struct ConsumerSettings {
     pub owner: String,
     pub max_record_bytes: usize,
     pub request_timeout: Duration,
+    /// How long one ledger call may take (`mysql.timeout_ms`) before it is retried.
+    pub store_timeout: Duration,
 }
 
 /// What a consumer is built from.
@@ -375,16 +377,18 @@ async fn claim_partition(
 ) -> Result<Claim, Failure> {
     let (low, mut high) = watermarks(&client, &settings, partition, backoff.clone()).await?;
     let claim = backoff::future::retry(backoff.clone(), || async {
-        store
-            .claim(&settings.topic, partition, &settings.owner, low)
-            .await
-            .map_err(|e| {
-                if e.is_transient() {
-                    backoff::Error::transient(e)
-                } else {
-                    backoff::Error::permanent(e)
-                }
-            })
+        within(
+            settings.store_timeout,
+            store.claim(&settings.topic, partition, &settings.owner, low),
+        )
+        .await
+        .map_err(|e| {
+            if e.is_transient() {
+                backoff::Error::transient(e)
+            } else {
+                backoff::Error::permanent(e)
+            }
+        })
     })
     .await
     .map_err(|e| Failure::olap(format!("claiming partition {partition}"), e))?;

@@ -52,7 +52,8 @@ impl DeadLetter {
 pub struct PublishDeadLetters(pub Vec<DeadLetter>);
 
 pub struct DeadLetters {
-    producer: FutureProducer,
+    /// Taken when the actor stops, to be closed off the actors' thread.
+    producer: Option<FutureProducer>,
     topic: String,
     source_topic: String,
     max_payload_bytes: usize,
@@ -68,7 +69,7 @@ impl DeadLetters {
         backoff: ExponentialBackoff,
     ) -> Self {
         Self {
-            producer,
+            producer: Some(producer),
             topic,
             source_topic,
             max_payload_bytes,
@@ -85,6 +86,11 @@ impl Actor for DeadLetters {
     }
     fn stopped(&mut self, _: &mut Self::Context) {
         crate::ops::telemetry::actor_up("dead_letters", false);
+        // Closing a producer blocks (purge, flush, joining its threads): not on the actors'
+        // thread, which every other actor shares.
+        if let Some(producer) = self.producer.take() {
+            tokio::task::spawn_blocking(move || drop(producer));
+        }
     }
 }
 
@@ -106,7 +112,13 @@ impl Handler<PublishDeadLetters> for DeadLetters {
     type Result = ResponseActFuture<Self, Result<(), Failure>>;
 
     fn handle(&mut self, msg: PublishDeadLetters, _: &mut Self::Context) -> Self::Result {
-        let producer = self.producer.clone();
+        let Some(producer) = self.producer.clone() else {
+            // Stopped: the data path is halting, and the batch replays from the ledger.
+            return Box::pin(actix::fut::ready(Err(Failure::NeighbourGone {
+                neighbour: "dead_letters",
+                reason: "stopping",
+            })));
+        };
         let topic = self.topic.clone();
         let source_topic = self.source_topic.clone();
         let limit = self.max_payload_bytes;

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use backoff::ExponentialBackoff;
@@ -22,7 +22,7 @@ use crate::model::{ApplyReport, Batch, Reason};
 use crate::ops::{telemetry, Health};
 use crate::pipeline::dead_letters::{DeadLetter, DeadLetters, PublishDeadLetters};
 use crate::pipeline::{ActorFailed, Failure, Flow, Halt};
-use crate::stores::{CassandraStore, OlapError, OlapStore};
+use crate::stores::{within, CassandraStore, OlapError, OlapStore};
 
 /// A batch whose rows are in Cassandra and whose dead letters are acknowledged.
 #[derive(Message)]
@@ -59,6 +59,7 @@ pub struct OlapAggregator {
     supervisor: Recipient<ActorFailed>,
     health: Arc<Health>,
     backoff: ExponentialBackoff,
+    statement_timeout: Duration,
 }
 
 /// What an aggregator is built from.
@@ -71,6 +72,8 @@ pub struct AggregatorWiring {
     pub supervisor: Recipient<ActorFailed>,
     pub health: Arc<Health>,
     pub backoff: ExponentialBackoff,
+    /// How long one store call may take (`mysql.timeout_ms`) before it is retried.
+    pub statement_timeout: Duration,
 }
 
 impl OlapAggregator {
@@ -87,6 +90,7 @@ impl OlapAggregator {
             supervisor: w.supervisor,
             health: w.health,
             backoff: w.backoff,
+            statement_timeout: w.statement_timeout,
         }
     }
 
@@ -102,6 +106,7 @@ impl OlapAggregator {
         let rejections = self.rejections.clone();
         let topic = self.topic.clone();
         let backoff = self.backoff.clone();
+        let limit = self.statement_timeout;
         let (seq, records, opened_at) = (batch.seq, batch.records.len(), batch.opened_at);
         // Only for the debug line below: a pass over the batch nobody would read otherwise.
         let oldest_created_ms = tracing::enabled!(tracing::Level::DEBUG)
@@ -118,7 +123,7 @@ impl OlapAggregator {
             let oldest_age_ms = oldest_created_ms.map_or(0, |c| {
                 (chrono::Utc::now().timestamp_millis() - c).max(0) as u64
             });
-            let report = apply(&store, &rejections, &topic, batch, backoff).await;
+            let report = apply(&store, &rejections, &topic, batch, backoff, limit).await;
             telemetry::seconds(telemetry::MYSQL_LATENCY, started.elapsed());
             // Where a batch's time went, for latency work: its oldest order's age when the batch
             // reached MySQL, opened → its turn in MySQL (linger, the Cassandra leg and the
@@ -192,16 +197,19 @@ async fn apply(
     topic: &str,
     mut batch: Batch,
     backoff: ExponentialBackoff,
+    limit: Duration,
 ) -> Result<ApplyReport, Failure> {
     loop {
-        let error = match apply_with_retry(store, topic, &batch, backoff.clone()).await {
+        let error = match apply_with_retry(store, topic, &batch, backoff.clone(), limit).await {
             Ok(report) => return Ok(report),
             Err(e) if e.is_data_rejection() => e,
             Err(e) => return Err(Failure::olap(format!("applying batch {}", batch.seq), e)),
         };
-        let rejected = retry_transient(backoff.clone(), || store.find_rejected(topic, &batch))
-            .await
-            .map_err(|e| Failure::olap("finding the refused orders", e))?;
+        let rejected = retry_transient(backoff.clone(), limit, || {
+            store.find_rejected(topic, &batch)
+        })
+        .await
+        .map_err(|e| Failure::olap("finding the refused orders", e))?;
         if rejected.is_empty() {
             // Refused as a whole, yet no order is refused on its own: not a data problem.
             return Err(Failure::olap(
@@ -242,14 +250,19 @@ async fn apply(
     }
 }
 
-/// Retries an operation while its errors are transient.
-async fn retry_transient<T, F, Fut>(backoff: ExponentialBackoff, op: F) -> Result<T, OlapError>
+/// Retries an operation while its errors are transient; an attempt that takes longer than
+/// `limit` counts as one (see `within`).
+async fn retry_transient<T, F, Fut>(
+    backoff: ExponentialBackoff,
+    limit: Duration,
+    op: F,
+) -> Result<T, OlapError>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<T, OlapError>>,
 {
     backoff::future::retry(backoff, || async {
-        op().await.map_err(|e| {
+        within(limit, op()).await.map_err(|e| {
             if e.is_transient() {
                 telemetry::olap_retry(&e);
                 backoff::Error::transient(e)
@@ -266,8 +279,9 @@ async fn apply_with_retry(
     topic: &str,
     batch: &Batch,
     backoff: ExponentialBackoff,
+    limit: Duration,
 ) -> Result<ApplyReport, OlapError> {
-    retry_transient(backoff, || async {
+    retry_transient(backoff, limit, || async {
         #[cfg(feature = "failpoints")]
         crate::pipeline::failpoints::hit("before_mysql_commit");
         store.apply_batch(topic, batch).await

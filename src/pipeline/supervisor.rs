@@ -217,6 +217,7 @@ impl Pipeline {
             supervisor: supervisor.clone(),
             health: self.health.clone(),
             backoff: backoff.clone(),
+            statement_timeout: Duration::from_millis(cfg.mysql.timeout_ms),
         })
         .start();
         let writer = CassandraWriter::new(
@@ -270,6 +271,7 @@ impl Pipeline {
             owner: client_id.to_owned(),
             max_record_bytes: cfg.pipeline.max_record_bytes,
             request_timeout: Duration::from_millis(u64::from(cfg.kafka.request_timeout_ms)),
+            store_timeout: Duration::from_millis(cfg.mysql.timeout_ms),
         };
         let (left, leaving) = tokio::sync::oneshot::channel();
         self.leaving = Some(leaving);

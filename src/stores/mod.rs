@@ -25,7 +25,7 @@ pub(crate) use kafka::{
 pub use kafka::{consumer_config, producer_config, KafkaError};
 pub(crate) use olap::{check_mysql_migrated, with_mysql_migrate_lock};
 pub use olap::{
-    connect_mysql, connect_sqlite, migrate_mysql, migrate_sqlite, OlapError, OlapStore,
+    connect_mysql, connect_sqlite, migrate_mysql, migrate_sqlite, within, OlapError, OlapStore,
 };
 pub(crate) use topic_reader::read_topic_within;
 pub use topic_reader::{read_topic, watermarks, TopicRecord};

@@ -11,6 +11,9 @@
 //!   clean close) wherever its requests are.
 //! - `refuse(true)`: new connections are reset as soon as they are accepted, as when a host is
 //!   unreachable.
+//! - `silence()`: every open connection stops carrying anything, in both directions, and stays
+//!   open (until `cut()` or the proxy's end), as when the server's host is gone without a word:
+//!   no reset ever comes. New connections work.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +38,8 @@ struct State {
     refusing: AtomicBool,
     /// Bumped by `cut()`; every connection watches it.
     cuts: watch::Sender<u64>,
+    /// Bumped by `silence()`; every connection watches it.
+    silences: watch::Sender<u64>,
     open: AtomicU64,
     accepted: AtomicU64,
     reset: AtomicU64,
@@ -50,6 +55,7 @@ impl FaultProxy {
             latency_us: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
             cuts: watch::channel(0).0,
+            silences: watch::channel(0).0,
             open: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             reset: AtomicU64::new(0),
@@ -86,6 +92,13 @@ impl FaultProxy {
         open
     }
 
+    /// Every open connection goes silent; returns how many were open.
+    pub fn silence(&self) -> u64 {
+        let open = self.state.open.load(Ordering::Acquire);
+        self.state.silences.send_modify(|n| *n += 1);
+        open
+    }
+
     pub fn refuse(&self, refusing: bool) {
         self.state.refusing.store(refusing, Ordering::Release);
     }
@@ -116,6 +129,8 @@ fn reset(stream: &TcpStream) {
 async fn serve(client: TcpStream, state: Arc<State>) {
     let mut cuts = state.cuts.subscribe();
     cuts.mark_unchanged();
+    let mut silences = state.silences.subscribe();
+    silences.mark_unchanged();
     let Ok(server) = TcpStream::connect(state.upstream).await else {
         reset(&client);
         return;
@@ -133,6 +148,11 @@ async fn serve(client: TcpStream, state: Arc<State>) {
             )
         } => false,
         _ = cuts.changed() => true,
+        _ = silences.changed() => {
+            // Nothing is read or written any more; the sockets stay open until a cut.
+            let _ = cuts.changed().await;
+            true
+        }
     };
     if was_cut {
         reset(client_out.as_ref());

@@ -57,6 +57,21 @@ pub enum OlapError {
     },
     #[error("could not take the migration lock within 120 s")]
     LockTimeout,
+    #[error("the olap store did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
+}
+
+/// Runs one store call, giving up after `limit` (`mysql.timeout_ms`). A connection whose server
+/// went away without closing it (a host gone, a failover) never answers, and only the client
+/// can end that wait; the call is then retried like any outage, on another connection. A
+/// COMMIT given up this way has an unknown outcome, which the ledger resolves (rule 4).
+pub async fn within<T>(
+    limit: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, OlapError>>,
+) -> Result<T, OlapError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or(Err(OlapError::TimedOut(limit)))
 }
 
 /// The backend an error came from, for messages.
@@ -89,6 +104,7 @@ impl OlapError {
             Self::Sql(sqlx::Error::Tls(e)) => {
                 super::tls::handshake(e.as_ref()) == super::tls::Handshake::Broken
             }
+            Self::TimedOut(_) => true,
             Self::Sql(_) | Self::NotMigrated { .. } | Self::LockTimeout => false,
         }
     }
