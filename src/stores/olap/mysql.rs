@@ -115,13 +115,33 @@ fn options(cfg: &MysqlConfig, with_database: bool) -> Result<MySqlConnectOptions
 
 /// Opens the pipeline's pool on the configured database (lazily: no connection yet).
 pub async fn connect(cfg: &MysqlConfig) -> Result<MySqlPool, OlapError> {
+    let limit = Duration::from_millis(cfg.timeout_ms);
+    let idle = server_idle_limit(limit);
     let pool = MySqlPoolOptions::new()
         .max_connections(cfg.max_connections)
-        .acquire_timeout(Duration::from_millis(cfg.timeout_ms))
-        .after_connect(|conn, _| {
+        .acquire_timeout(limit)
+        // Closed here before the server closes them (see `server_idle_limit`).
+        .idle_timeout(idle / 2)
+        // A connection comes back to the pool after every use, and the pool then pings it
+        // with no time limit. One whose server vanished without a reset (a call given up by
+        // `within`) would never answer and hold its place in the pool for good; answering
+        // false within the limit closes it instead.
+        .after_release(move |conn, _| {
+            Box::pin(async move {
+                Ok(tokio::time::timeout(limit, conn.ping())
+                    .await
+                    .is_ok_and(|pinged| pinged.is_ok()))
+            })
+        })
+        .after_connect(move |conn, _| {
             Box::pin(async move {
                 // Aggregates are keyed by UTC dates; the ledger's timestamps too.
                 conn.execute("SET time_zone = '+00:00'").await?;
+                conn.execute(AssertSqlSafe(format!(
+                    "SET SESSION wait_timeout = {}",
+                    idle.as_secs()
+                )))
+                .await?;
                 conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
                     .await?;
                 Ok(())
@@ -129,6 +149,16 @@ pub async fn connect(cfg: &MysqlConfig) -> Result<MySqlPool, OlapError> {
         })
         .connect_lazy_with(options(cfg, true)?);
     Ok(pool)
+}
+
+/// How long the server keeps one of the pool's sessions that sends nothing: twice
+/// `mysql.timeout_ms`, at least 10 s. The pipeline never leaves a session idle inside a
+/// transaction for longer than `mysql.timeout_ms` (it gives the call up), so a session idle
+/// longer is one whose client is gone or gave up, and the row locks its transaction holds would
+/// block every later batch of the same partitions until the server's default of 8 hours. Idle
+/// pooled sessions are closed by the pool first.
+fn server_idle_limit(limit: Duration) -> Duration {
+    Duration::from_secs((limit * 2).as_secs().max(10))
 }
 
 /// Fails with `NotMigrated` unless the schema version matches this binary.
