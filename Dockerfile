@@ -33,7 +33,10 @@ RUN apt-get update \
  && useradd --system --uid 10001 --gid orderstream --no-create-home --shell /usr/sbin/nologin orderstream
 COPY --from=build /out/orderstream /usr/local/bin/orderstream
 USER 10001:10001
-# Operations port: /metrics, /healthz, /readyz.
+# Operations port: /metrics, /healthz, /readyz and the web console (sales figures, the last
+# failure's text; no authentication). All interfaces inside the container, so Prometheus and
+# the health checks reach it on the container network; publish it on 127.0.0.1 only, or put
+# it behind an authenticating proxy.
 ENV ORDERSTREAM__HTTP__LISTEN=0.0.0.0:9898
 EXPOSE 9898
 # tini as PID 1 forwards SIGTERM (so `docker stop` starts the drain) and reaps children.

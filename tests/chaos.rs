@@ -85,6 +85,26 @@ impl Chaos {
         )
     }
 
+    /// A fault proxy in front of each store: (Cassandra's, MySQL's).
+    async fn store_proxies(&self) -> (FaultProxy, FaultProxy) {
+        (
+            FaultProxy::start(self.env.cql.port).await,
+            FaultProxy::start(self.env.mariadb.port).await,
+        )
+    }
+
+    /// `run` reaching the stores through the proxies, with extra environment variables.
+    fn run_through(&self, cql: &FaultProxy, sql: &FaultProxy, extra: &[(&str, &str)]) -> Proc {
+        let contact = format!("[\"127.0.0.1:{}\"]", cql.port);
+        let sql_port = sql.port.to_string();
+        let mut vars = vec![
+            ("ORDERSTREAM__CASSANDRA__CONTACT_POINTS", contact.as_str()),
+            ("ORDERSTREAM__MYSQL__PORT", sql_port.as_str()),
+        ];
+        vars.extend_from_slice(extra);
+        self.run_with(&vars)
+    }
+
     /// A second instance in the same group, on its own operations port.
     fn run_second(&self, port: u16) -> Proc {
         let listen = format!("127.0.0.1:{port}");
@@ -517,16 +537,15 @@ async fn connections_gone_silent_are_given_up_and_replaced() {
     let mut chaos = Chaos::start(3, 3_000).await;
     // The driver complains, rightly, about the requests that time out.
     chaos.env.driver_errors_expected = true;
-    let cql = FaultProxy::start(chaos.env.cql.port).await;
-    let sql = FaultProxy::start(chaos.env.mariadb.port).await;
-    let contact = format!("[\"127.0.0.1:{}\"]", cql.port);
-    let sql_port = sql.port.to_string();
-    let run = chaos.run_with(&[
-        ("ORDERSTREAM__CASSANDRA__CONTACT_POINTS", &contact),
-        ("ORDERSTREAM__CASSANDRA__REQUEST_TIMEOUT_MS", "3000"),
-        ("ORDERSTREAM__MYSQL__PORT", &sql_port),
-        ("ORDERSTREAM__MYSQL__TIMEOUT_MS", "3000"),
-    ]);
+    let (cql, sql) = chaos.store_proxies().await;
+    let run = chaos.run_through(
+        &cql,
+        &sql,
+        &[
+            ("ORDERSTREAM__CASSANDRA__REQUEST_TIMEOUT_MS", "3000"),
+            ("ORDERSTREAM__MYSQL__TIMEOUT_MS", "3000"),
+        ],
+    );
     chaos.wait_applied(3_000).await;
     let mut producer = chaos.env.spawn(
         chaos.partitions,
@@ -566,14 +585,8 @@ async fn latency_and_dropped_connections_to_each_store() {
     let _heavy = common::heavy();
     let mut chaos = Chaos::start(3, 3_000).await;
     chaos.env.driver_errors_expected = true;
-    let cql = FaultProxy::start(chaos.env.cql.port).await;
-    let sql = FaultProxy::start(chaos.env.mariadb.port).await;
-    let contact = format!("[\"127.0.0.1:{}\"]", cql.port);
-    let sql_port = sql.port.to_string();
-    let run = chaos.run_with(&[
-        ("ORDERSTREAM__CASSANDRA__CONTACT_POINTS", &contact),
-        ("ORDERSTREAM__MYSQL__PORT", &sql_port),
-    ]);
+    let (cql, sql) = chaos.store_proxies().await;
+    let run = chaos.run_through(&cql, &sql, &[]);
     chaos.wait_applied(3_000).await;
     let mut producer = chaos.env.spawn(
         chaos.partitions,

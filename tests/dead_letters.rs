@@ -223,6 +223,44 @@ async fn orders_mysql_refuses_are_bisected_out_and_dead_lettered() {
     );
 }
 
+/// 1,000 valid orders, then one record that is not JSON, then 1,000 more; the invalid record's
+/// offset.
+async fn one_invalid_between_valid_orders(env: &Env, partitions: i32) -> i64 {
+    env.produce(partitions, 1000);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", env.broker.addr())
+        .create()
+        .unwrap();
+    let offset = producer
+        .send(
+            FutureRecord::to(&env.names.topic)
+                .key("bad")
+                .payload("not json at all"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+        .offset;
+    env.produce(partitions, 1000);
+    offset
+}
+
+/// The dead-letter topic holds exactly one letter: the `not_json` record at partition 0, `offset`.
+fn assert_one_letter_for(env: &Env, offset: i64) {
+    let dead = common::read_topic(&env.broker.addr(), &env.names.dlq);
+    let coordinates: Vec<(String, String)> = dead
+        .iter()
+        .map(|d| {
+            (
+                d.headers["source_partition"].clone(),
+                d.headers["source_offset"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(coordinates, vec![("0".to_string(), offset.to_string())]);
+    assert_eq!(dead[0].headers["error"], "not_json");
+}
+
 /// docs/DESIGN.md, rule 7: while the dead-letter topic is unreachable, the batch holding an invalid
 /// record waits: the ledger never moves past that record, nothing restarts, and the watchdog
 /// reports the held partition on `/readyz`. Once the topic is back, the dead letter is
@@ -241,23 +279,7 @@ async fn partition_is_held_while_the_dead_letter_topic_is_unreachable() {
     let outage = env.root.path().join("dlq-outage");
     std::fs::write(&outage, b"").unwrap();
 
-    // 1,000 valid orders, then one invalid record, then 1,000 more.
-    env.produce(PARTITIONS, 1000);
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", env.broker.addr())
-        .create()
-        .unwrap();
-    let bad_offset = producer
-        .send(
-            FutureRecord::to(&env.names.topic)
-                .key("bad")
-                .payload("not json at all"),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap()
-        .offset;
-    env.produce(PARTITIONS, 1000);
+    let bad_offset = one_invalid_between_valid_orders(&env, PARTITIONS).await;
 
     let failpoint = format!("dead_letter_publish=fail_while:{}", outage.display());
     // Small batches, so the ones before the invalid record are not held with it.
@@ -324,18 +346,7 @@ async fn partition_is_held_while_the_dead_letter_topic_is_unreachable() {
     .await;
     assert_eq!(run.terminate(Duration::from_secs(30)), Some(0));
 
-    let dead = common::read_topic(&env.broker.addr(), &env.names.dlq);
-    let coordinates: Vec<(String, String)> = dead
-        .iter()
-        .map(|d| {
-            (
-                d.headers["source_partition"].clone(),
-                d.headers["source_offset"].clone(),
-            )
-        })
-        .collect();
-    assert_eq!(coordinates, vec![("0".to_string(), bad_offset.to_string())]);
-    assert_eq!(dead[0].headers["error"], "not_json");
+    assert_one_letter_for(&env, bad_offset);
     common::assert_stores_exact(&env, PARTITIONS, 2000).await;
 }
 
@@ -400,22 +411,7 @@ async fn a_fatal_error_of_the_dead_letter_producer_restarts_the_data_path() {
     let env = Env::start();
     env.migrate(PARTITIONS);
     let pool = env.mysql(PARTITIONS).await;
-    env.produce(PARTITIONS, 1000);
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", env.broker.addr())
-        .create()
-        .unwrap();
-    let bad_offset = producer
-        .send(
-            FutureRecord::to(&env.names.topic)
-                .key("bad")
-                .payload("not json at all"),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap()
-        .offset;
-    env.produce(PARTITIONS, 1000);
+    let bad_offset = one_invalid_between_valid_orders(&env, PARTITIONS).await;
 
     let log = env.root.path().join("run-fatal.log");
     let mut run = env.spawn_logged(
@@ -447,18 +443,7 @@ async fn a_fatal_error_of_the_dead_letter_producer_restarts_the_data_path() {
     common::ledger_reaches(&pool, &env.names.topic, &ends).await;
     assert_eq!(run.terminate(Duration::from_secs(30)), Some(0));
 
-    let dead = common::read_topic(&env.broker.addr(), &env.names.dlq);
-    let coordinates: Vec<(String, String)> = dead
-        .iter()
-        .map(|d| {
-            (
-                d.headers["source_partition"].clone(),
-                d.headers["source_offset"].clone(),
-            )
-        })
-        .collect();
-    assert_eq!(coordinates, vec![("0".to_string(), bad_offset.to_string())]);
-    assert_eq!(dead[0].headers["error"], "not_json");
+    assert_one_letter_for(&env, bad_offset);
     common::assert_stores_exact(&env, PARTITIONS, 2000).await;
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(
