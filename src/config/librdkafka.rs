@@ -256,8 +256,8 @@ impl KafkaConfig {
     }
 
     /// librdkafka's own check of every property the clients get (unknown names, bad values,
-    /// `ssl` in a build without TLS, an unknown `kafka.debug` context), each reported with its key and never with its value (it
-    /// may be a secret under a misspelled name).
+    /// `ssl` in a build without TLS, an unknown `kafka.debug` context), each reported with its
+    /// key and never with its value (it may be a secret under a misspelled name).
     fn check_with_librdkafka(&self) -> Result<(), ConfigError> {
         let passed = self.librdkafka_options.iter().map(|(name, value)| {
             (

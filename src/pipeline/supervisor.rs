@@ -570,8 +570,9 @@ impl Actor for Pipeline {
         if let Err(failure) = self.start_path(ctx) {
             self.restart("consumer", &failure, ctx);
         }
-        // Readiness follows the stores and the broker: an outage is waited out inside the actors (retries with
-        // backoff, no restart), and meanwhile the instance reports itself not ready.
+        // Readiness follows the stores and the broker: an outage is waited out inside the
+        // actors (retries with backoff, no restart), and meanwhile the instance reports itself
+        // not ready.
         self.health.set_stores_reachable(true);
         self.health.set_broker_reachable(true);
         telemetry::dependency_up("kafka", true);
